@@ -1,0 +1,315 @@
+"""Decoding benchmark: HF `generate` + grammar (the baseline) vs vla0.policy.fast_decode.FastDecoder.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/decode.py            # trains once, then benchmarks
+    python bench/decode.py --policy RUN_DIR --episodes-from DATASET     # also a real policy + dataset
+
+Setup. The paper's chunk shape (H=8, D=7, B=1000) needs a model trained for it, with real signal in
+every dimension, so the script first trains the embedded tiny Qwen2.5-VL (a few minutes, plain
+AdamW, vla0's PromptEncoder + ActionCodec) on a synthetic world: a disk moves around a circle,
+its position shows the phase theta, its colour an amplitude s; action dim j at step k is
+0.5 + 0.45 s sin(theta + k w + 2 pi j / D). Consecutive frames of an episode advance theta by w,
+so consecutive chunks overlap as in closed loop. The model is cached under --work.
+
+Replay: episodes of consecutive frames, replanning at every step; the draft for step t is the
+chunk the same method predicted at step t-1 (its steps 2..H). Per chunk: wall time of decoding
+(prompts are encoded beforehand, image encoding by the vision tower is included), model forward
+passes (counted by a hook on the language model, so the baseline's and ours are counted alike),
+tokens per pass, and whether the bins equal the baseline's. Throughput: B episodes decoded
+together at batch size B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vla0.codec import ActionCodec  # noqa: E402
+from vla0.config import PolicyConfig  # noqa: E402
+from vla0.model.tiny import build_model  # noqa: E402
+from vla0.model.vlm import load_vlm  # noqa: E402
+from vla0.policy.fast_decode import FastDecoder, draft_from_bins  # noqa: E402
+from vla0.policy.policy import VLA0Policy  # noqa: E402
+from vla0.prompt import collate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "follow the circle"
+OMEGA = 0.12  # phase advance per control step
+IMAGE = 84
+
+
+# -- synthetic world ---------------------------------------------------------------------------
+def world_frame(theta: float, scale: float, size: int = IMAGE) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = size / 2
+    r = size * 0.33
+    cx, cy = c + r * math.cos(theta), c + r * math.sin(theta)
+    img = np.full((size, size, 3), 40, np.uint8)
+    disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= (size * 0.1) ** 2
+    img[disk] = (int(255 * scale), 90, int(255 * (1.5 - scale)))
+    img[(np.abs(xx - c) <= 1) & (np.abs(yy - c) <= 1)] = 200  # a fixed landmark
+    return img
+
+
+def world_chunk(theta: float, scale: float, H: int, D: int) -> np.ndarray:
+    k = np.arange(H)[:, None]
+    j = np.arange(D)[None, :]
+    return 0.5 + 0.45 * scale * np.sin(theta + OMEGA * k + 2 * np.pi * j / D)
+
+
+def make_config(H: int, D: int, B: int) -> PolicyConfig:
+    return PolicyConfig(action_dim=D, cameras=["front"], horizon=H, num_bins=B,
+                        action_stats={"min": [0.0] * D, "max": [1.0] * D}, image_size=[IMAGE, IMAGE],
+                        crop_fraction=1.0, ensemble=1)
+
+
+def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int = 0,
+                 batch_size: int = 16, lr: float = 2e-3) -> Path:
+    """Train the tiny model on the synthetic world for `seconds`; save a policy folder."""
+    torch.manual_seed(seed)
+    vlm = build_model("tiny", seed)
+    cfg = make_config(H, D, B)
+    policy = VLA0Policy(vlm, cfg)  # for its encoder and codec
+    enc, codec = policy.encoder, policy.codec
+    model = vlm.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    start, step, log = time.time(), 0, []
+    while (elapsed := time.time() - start) < seconds:
+        frac = elapsed / seconds
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        examples = []
+        for _ in range(batch_size):
+            theta, scale = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
+            text = codec.encode(world_chunk(theta, scale, H, D))
+            examples.append(enc.training_example([world_frame(theta, scale)], TASK, text, rng,
+                                                 mask_max_frac=0.2, p_no_mask=0.5))
+        batch = collate(examples, vlm.tokenizer.pad_token_id, "right")
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        log.append(loss.item())
+        if step % 50 == 0:
+            print(f"  train step {step} ({elapsed:.0f}s) loss {np.mean(log[-50:]):.4f}", flush=True)
+    model.eval()
+    tmp = folder.with_name(folder.name + ".tmp")
+    vlm.save_pretrained(tmp)
+    cfg.save(tmp)
+    (tmp / "train_log.json").write_text(json.dumps({"steps": step, "seconds": seconds, "loss": log}))
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+# -- observations --------------------------------------------------------------------------------
+def synthetic_episodes(n: int, steps: int, seed: int) -> list[list[tuple[list[np.ndarray], str]]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        theta, scale = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
+        out.append([([world_frame(theta + OMEGA * t, scale)], TASK) for t in range(steps)])
+    return out
+
+
+def dataset_episodes(path: str, policy: VLA0Policy, n: int, steps: int) -> list[list[tuple[list[np.ndarray], str]]]:
+    """Consecutive frames of the first n episodes of a LeRobot dataset (vla0's own loader)."""
+    from vla0.data.lerobot_dataset import load_lerobot  # written by the data owner
+    ds = load_lerobot(path)
+    keys = policy.config.image_keys
+    out = []
+    for ep in range(n):
+        frames = []
+        for t in range(steps):
+            item = ds.frame(ep, t) if hasattr(ds, "frame") else ds[ep * steps + t]
+            frames.append(([np.asarray(item[k]) for k in keys], item.get("task", "")))
+        out.append(frames)
+    return out
+
+
+# -- methods ---------------------------------------------------------------------------------------
+class PassCounter:
+    def __init__(self, model):
+        self.count = 0
+        model.model.language_model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_):
+        self.count += 1
+
+
+METHODS = {
+    "baseline": None,
+    "loop_only": dict(prefix_cache=False, forced=False, speculative=False),
+    "prefix_cache": dict(prefix_cache=True, forced=False, speculative=False),
+    "forced": dict(prefix_cache=False, forced=True, speculative=False),
+    "spec_prev_chunk": dict(prefix_cache=False, forced=False, speculative=True, lookup=False),
+    "spec_lookup": dict(prefix_cache=False, forced=False, speculative=True, lookup=True, use_prev=False),
+    "combined_exact": dict(prefix_cache=True, forced=True, speculative=True, lookup=True),
+    "combined_relaxed_k3": dict(prefix_cache=True, forced=True, speculative=True, lookup=True, relaxed_k=3),
+}
+
+
+def make_decoder(policy: VLA0Policy, spec: dict):
+    spec = dict(spec)
+    use_prev = spec.pop("use_prev", True)
+    dec = FastDecoder(policy.vlm.model, policy.vlm.tokenizer, policy.grammar, policy.encoder, **spec)
+    return dec, use_prev
+
+
+def run_method(policy: VLA0Policy, name: str, episodes, batch: int, counter: PassCounter, reference=None):
+    """Replay episodes `batch` at a time. Returns per-chunk records and total wall time."""
+    spec = METHODS[name]
+    dec, use_prev = (None, False) if spec is None else make_decoder(policy, spec)
+    codec = policy.codec
+    records, bins_out, total = [], {}, 0.0
+    for g in range(0, len(episodes), batch):
+        group = list(range(g, min(g + batch, len(episodes))))
+        prev = {e: None for e in group}
+        steps = min(len(episodes[e]) for e in group)
+        for t in range(steps):
+            prompts = [policy.encoder.prompt(*episodes[e][t]) for e in group]
+            drafts = [draft_from_bins(prev[e]) if (use_prev and prev[e] is not None) else None for e in group]
+            c0 = counter.count
+            t0 = time.perf_counter()
+            if dec is None:
+                texts = policy.generate_text(prompts)
+            else:
+                texts = dec.decode(prompts, drafts)
+            dt = time.perf_counter() - t0
+            passes = counter.count - c0
+            total += dt
+            for j, e in enumerate(group):
+                chunk = codec.decode(texts[j])
+                bins = chunk.bins
+                ntok = len(policy.vlm.tokenizer.encode(texts[j], add_special_tokens=False)) + 1
+                row_passes = dec.last_row_passes[j] if dec is not None else passes
+                same = None if reference is None else bool(np.array_equal(bins, reference[(e, t)]))
+                records.append({"ms": dt * 1000 / len(group), "passes": passes if len(group) == 1 else row_passes,
+                                "tokens": ntok, "identical": same, "well_formed": chunk.well_formed})
+                bins_out[(e, t)] = bins
+                prev[e] = bins
+    return records, bins_out, total
+
+
+def summarize(records, total_s: float) -> dict:
+    ms = np.array([r["ms"] for r in records])
+    passes = np.array([r["passes"] for r in records])
+    tokens = np.array([r["tokens"] for r in records])
+    same = [r["identical"] for r in records if r["identical"] is not None]
+    out = {"chunks": len(records), "ms_median": float(np.median(ms)), "ms_p90": float(np.percentile(ms, 90)),
+           "forward_passes_median": float(np.median(passes)), "forward_passes_mean": float(passes.mean()),
+           "tokens_per_pass": float(tokens.sum() / max(1, passes.sum())),
+           "well_formed_fraction": float(np.mean([r["well_formed"] for r in records])),
+           "chunks_per_s": len(records) / total_s}
+    if same:
+        out["identical_fraction"] = float(np.mean(same))
+    return out
+
+
+def bench_policy(policy: VLA0Policy, episodes, batches: list[int], label: str, methods: list[str]) -> dict:
+    counter = PassCounter(policy.vlm.model)
+    H, D, B = policy.config.horizon, policy.config.action_dim, policy.config.num_bins
+    result = {"shape": {"H": H, "D": D, "B": B}, "episodes": len(episodes), "steps_per_episode": len(episodes[0])}
+    print(f"[{label}] H={H} D={D} B={B}: {len(episodes)} episodes x {len(episodes[0])} steps", flush=True)
+    # warm up both paths
+    run_method(policy, "baseline", [episodes[0][:2]], 1, counter)
+    run_method(policy, "combined_exact", [episodes[0][:2]], 1, counter)
+    records, reference, total = run_method(policy, "baseline", episodes, 1, counter)
+    result["baseline"] = summarize(records, total)
+    print(f"  baseline: {result['baseline']}", flush=True)
+    for name in methods:
+        if name == "baseline":
+            continue
+        records, _, total = run_method(policy, name, episodes, 1, counter, reference)
+        result[name] = summarize(records, total)
+        print(f"  {name}: {result[name]}", flush=True)
+    base, comb = result["baseline"], result["combined_exact"]
+    result["speedup_combined_exact"] = {
+        "forward_passes": base["forward_passes_median"] / comb["forward_passes_median"],
+        "ms_median": base["ms_median"] / comb["ms_median"]}
+    throughput = {}
+    for b in batches:
+        eps = (episodes * math.ceil(b / len(episodes)))[:max(b, len(episodes))] if len(episodes) < b else episodes
+        eps = [ep[: max(4, 32 // b)] for ep in eps]
+        row = {}
+        ref = None
+        for name in ("baseline", "combined_exact"):
+            records, bins, total = run_method(policy, name, eps, b, counter, ref)
+            if name == "baseline":
+                ref = bins
+            s = summarize(records, total)
+            row[name] = {"chunks_per_s": s["chunks_per_s"], "chunks": s["chunks"]}
+            if "identical_fraction" in s:
+                row[name]["identical_fraction"] = s["identical_fraction"]
+        throughput[str(b)] = row
+        print(f"  batch {b}: {row}", flush=True)
+    result["throughput"] = throughput
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(ROOT / "tmp" / "bench_decode"), help="where the trained model is cached")
+    ap.add_argument("--train-seconds", type=float, default=420.0)
+    ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--episodes", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batches", default="1,4,16")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--policy", help="also benchmark this policy / run folder (e.g. the quickstart checkpoint)")
+    ap.add_argument("--episodes-from", help="LeRobot dataset whose episodes are replayed for --policy")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    H, D, B = 8, 7, 1000
+    folder = Path(args.work) / f"tiny_circle_H{H}_D{D}_B{B}"
+    if args.retrain or not (folder / "vla0_policy.json").exists():
+        print(f"training the tiny model for {args.train_seconds:.0f}s -> {folder}", flush=True)
+        train_policy(folder, H, D, B, args.train_seconds)
+    if args.train_only:
+        return
+    policy = VLA0Policy.from_pretrained(folder)
+    methods = args.methods.split(",")
+    batches = [int(b) for b in args.batches.split(",") if b]
+    result = {"device": "cpu", "torch_threads": torch.get_num_threads(), "model": "embedded tiny Qwen2.5-VL "
+              f"(2 layers, hidden 128) trained {json.loads((folder / 'train_log.json').read_text())['steps']} steps"
+              " on the synthetic circle world"}
+    episodes = synthetic_episodes(args.episodes, args.steps, args.seed)
+    # accuracy of the trained model against the synthetic ground truth, for the record
+    result.update(bench_policy(policy, episodes, batches, "paper shape", methods))
+    if args.policy:
+        qp = VLA0Policy.from_pretrained(args.policy)
+        if args.episodes_from:
+            eps = dataset_episodes(args.episodes_from, qp, args.episodes, args.steps)
+        else:
+            raise SystemExit("--policy needs --episodes-from DATASET to replay")
+        result["quickstart"] = bench_policy(qp, eps, batches, "quickstart", ["baseline", "combined_exact"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.rename(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Closed-loop evaluation with the baselines, results schema, Wilson interval, tables."""
+import json
+
+import numpy as np
+import pytest
+
+from vla0.eval.baselines import ExpertPolicy, RandomPolicy
+from vla0.eval.evaluate import evaluate
+from vla0.eval.report import compare_table, wilson_interval
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_expert_evaluation(tmp_path):
+    res = evaluate(ExpertPolicy(), ["reach-v3"], 3, seed=10_000, out=tmp_path, cameras=(), num_workers=0, videos=0, progress=False)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["tasks"] == res["tasks"]
+    r = on_disk["tasks"]["reach-v3"]
+    assert set(r) == {"episodes", "successes", "success_rate", "ci95", "mean_steps", "malformed_outputs"}
+    assert r["episodes"] == 3 and r["successes"] == 3 and r["success_rate"] == 1.0 and r["malformed_outputs"] == 0
+    assert r["ci95"] == pytest.approx(list(wilson_interval(3, 3)))
+    assert 0 < r["mean_steps"] < 150
+    assert on_disk["mean_success_rate"] == 1.0 and on_disk["policy"] == "expert" and on_disk["seed"] == 10_000
+    assert [e["seed"] for e in on_disk["episodes"]] == [10_000, 10_001, 10_002]
+    assert (tmp_path / "success.png").stat().st_size > 0
+
+
+class CountingPolicy(RandomPolicy):
+    """Needs images, checks the batch it gets, counts a 'malformed' output per call."""
+
+    name = "counting"
+    needs_images = True
+
+    def __init__(self):
+        super().__init__()
+        self.resets = []
+
+    def reset(self, env_ids=None):
+        self.resets.append(env_ids)
+
+    def select_action(self, obs, env_ids):
+        assert obs["observation.images.corner3"].shape == (len(env_ids), 32, 32, 3)
+        assert obs["observation.state"].shape == (len(env_ids), 4) and obs["task"] == ["reach the goal"] * len(env_ids)
+        self.malformed_outputs += 1
+        return super().select_action(obs, env_ids)
+
+
+def test_worker_pool_images_and_videos(tmp_path):
+    policy = CountingPolicy()
+    res = evaluate(policy, ["reach-v3"], 3, out=tmp_path, cameras=("corner3",), image_size=(32, 32), num_workers=2,
+                   batch_envs=2, max_steps=5, videos=1, progress=False)
+    r = res["tasks"]["reach-v3"]
+    assert r["successes"] == 0 and r["mean_steps"] == 5 and r["malformed_outputs"] == policy.malformed_outputs
+    assert [0] in policy.resets and [1] in policy.resets  # each slot reset when it starts an episode
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1
+    table = compare_table({"counting": res, "expert": {"tasks": {"reach-v3": {**r, "success_rate": 1.0, "successes": 3}}, "mean_success_rate": 1.0}})
+    assert "reach-v3" in table and "100% (3/3)" in table
+
+
+def test_bad_policy_output(tmp_path):
+    class Bad(RandomPolicy):
+        def select_action(self, obs, env_ids):
+            return np.zeros((len(env_ids), 3), np.float32)
+
+    with pytest.raises(ValueError, match=r"expected \(1, 4\)"):
+        evaluate(Bad(), ["reach-v3"], 1, out=tmp_path, cameras=(), num_workers=0, videos=0, progress=False)

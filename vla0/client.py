@@ -1,0 +1,160 @@
+"""Clients for `vla0 serve`: PolicyClient (one WebSocket session) and RemotePolicy (the evaluation
+Policy protocol, one session per environment). Needs only numpy, msgpack and websockets.
+
+    client = PolicyClient("ws://127.0.0.1:8000", api_key=None)
+    reply = client.infer({"observation.images.front": img, "task": "pick the cube"})
+    reply["actions"]  # (H, D) chunk;  reply["action"]: the next action after temporal ensembling
+    client.reset()    # new episode: clears this session's ensembling history
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.sync.client import connect
+
+from vla0.serve.protocol import packb, unpackb
+
+log = logging.getLogger("vla0.client")
+
+
+class ServerError(RuntimeError):
+    """The server refused a request (bad input, inference failure); the connection stays usable."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def _ws_url(url: str) -> str:
+    if url.startswith(("http://", "https://")):
+        url = "ws" + url[4:]
+    return url if "://" in url else f"ws://{url}"
+
+
+class PolicyClient:
+    def __init__(self, url: str = "ws://127.0.0.1:8000", api_key: str | None = None,
+                 connect_timeout: float = 30.0, max_backoff: float = 5.0):
+        """Connects at once, retrying with exponential back-off for up to connect_timeout seconds
+        (a server still loading its model is fine). A dropped connection is re-opened the same way
+        on the next call; the new session starts with fresh ensembling history, as after reset()."""
+        self.url = _ws_url(url)
+        self._headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
+        self.connect_timeout = connect_timeout
+        self.max_backoff = max_backoff
+        self._ws = None
+        self._metadata: dict = {}
+        self._connect()
+
+    @property
+    def metadata(self) -> dict:
+        """What the server sent on connect: model, horizon, action_dim, cameras, image_size, ..."""
+        return self._metadata
+
+    def infer(self, obs: dict) -> dict:
+        """One unbatched observation -> {"actions": (H, D), "action": (D,), "server_timing": {...}}."""
+        return self._call(obs)
+
+    def reset(self) -> None:
+        self._call({"type": "reset"})
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+
+    def __enter__(self) -> "PolicyClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _connect(self) -> None:
+        deadline, delay = time.monotonic() + self.connect_timeout, 0.1
+        while True:
+            try:
+                # images do not compress: deflate would only cost CPU on both ends
+                ws = connect(self.url, additional_headers=self._headers, compression=None, max_size=None,
+                             open_timeout=10, legacy=True)
+                self._metadata = unpackb(ws.recv(timeout=30))
+                self._ws = ws
+                return
+            except InvalidStatus as e:  # an HTTP answer instead of a WebSocket: retrying will not help
+                status = e.response.status_code
+                if status == 401:
+                    raise PermissionError(f"{self.url}: missing or wrong API key") from None
+                raise ConnectionError(f"{self.url}: server answered HTTP {status}") from None
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as e:
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionError(f"cannot reach {self.url} ({type(e).__name__}: {e})") from e
+                log.info("%s unreachable (%s); retrying in %.1fs", self.url, type(e).__name__, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, self.max_backoff)
+
+    def _call(self, msg: dict) -> dict:
+        for attempt in range(2):
+            try:
+                if self._ws is None:
+                    self._connect()
+                self._ws.send(packb(msg))
+                reply = unpackb(self._ws.recv())
+                break
+            except (ConnectionClosed, OSError) as e:
+                self._ws = None
+                if attempt:
+                    raise ConnectionError(f"lost {self.url}: {e}") from e
+                log.warning("connection to %s lost (%s); reconnecting", self.url, e)
+        if isinstance(reply, dict) and "error" in reply:
+            raise ServerError(reply.get("code", "error"), reply["error"])
+        return reply
+
+
+def _row(obs: dict, i: int, keys) -> dict:
+    out = {}
+    for k in keys:
+        v = obs[k]
+        out[k] = v if isinstance(v, str) else (v[i] if isinstance(v, (list, tuple)) else np.asarray(v)[i])
+    return out
+
+
+class RemotePolicy:
+    """The evaluation Policy protocol, served remotely: one WebSocket session per environment id
+    (so each environment has its own server-side ensembling), rows sent concurrently so the
+    server batches them. malformed_outputs stays 0: the server does not report it per request."""
+    needs_images = True
+
+    def __init__(self, url: str, api_key: str | None = None, name: str = "vla0-remote", max_workers: int = 32):
+        self.url, self.api_key, self.name = url, api_key, name
+        self.malformed_outputs = 0
+        self._clients: dict[int, PolicyClient] = {}
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="vla0-remote")
+        self.metadata = self._client(-1).metadata  # fail early on a wrong url or key
+        self._clients.pop(-1).close()
+
+    def _client(self, env_id: int) -> PolicyClient:
+        if env_id not in self._clients:
+            self._clients[env_id] = PolicyClient(self.url, self.api_key)
+        return self._clients[env_id]
+
+    def reset(self, env_ids: list[int] | None = None) -> None:
+        ids = list(self._clients) if env_ids is None else [int(i) for i in env_ids]
+        list(self._pool.map(lambda i: self._clients[i].reset(), [i for i in ids if i in self._clients]))
+
+    def select_action(self, obs: dict, env_ids: list[int]) -> np.ndarray:
+        """obs batched (one row per env) -> (B, D) float32."""
+        env_ids = [int(i) for i in env_ids]
+        keys = [k for k in (*self.metadata["image_keys"], "observation.state", "task") if k in obs]
+        clients = [self._client(e) for e in env_ids]  # connect sequentially, infer concurrently
+        rows = [_row(obs, j, keys) for j in range(len(env_ids))]
+        replies = self._pool.map(lambda cr: cr[0].infer(cr[1])["action"], zip(clients, rows))
+        return np.stack(list(replies)).astype(np.float32)
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+        self._pool.shutdown()

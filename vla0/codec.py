@@ -1,0 +1,100 @@
+"""Actions as text: an (H, D) chunk <-> "H*D integers in 0..B separated by single spaces".
+
+Each dimension is normalised with dataset statistics (min/max, or q01/q99 to ignore
+outliers), clipped and rounded to one of B+1 levels, so the round-trip error is at most
+half a bin. Decoding never raises: a VLM can write anything, and a robot must still get a
+well-defined action, so malformed text is repaired and flagged instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+_NUMBER = re.compile(r"\d+")
+
+
+@dataclass
+class DecodedChunk:
+    actions: np.ndarray  # (H, D) float32
+    bins: np.ndarray  # (H, D) int64, after repair
+    well_formed: bool
+
+
+@dataclass
+class ActionCodec:
+    low: np.ndarray  # (D,) action value that maps to bin 0
+    high: np.ndarray  # (D,) action value that maps to bin B
+    horizon: int
+    num_bins: int = 1000
+
+    def __post_init__(self):
+        self.low = np.asarray(self.low, dtype=np.float64).reshape(-1)
+        self.high = np.asarray(self.high, dtype=np.float64).reshape(-1)
+        if self.low.shape != self.high.shape:
+            raise ValueError(f"codec bounds differ in length: low {self.low.shape} vs high {self.high.shape}")
+        if np.any(self.high < self.low):
+            raise ValueError(f"codec bounds inverted: high {self.high} < low {self.low}")
+        if self.horizon < 1 or self.num_bins < 1:
+            raise ValueError(f"horizon and num_bins must be >= 1, got {self.horizon}, {self.num_bins}")
+        # A constant dimension has zero range: any positive span maps it to bin 0 and back exactly.
+        self._span = np.where(self.high > self.low, self.high - self.low, 1.0)
+
+    @classmethod
+    def from_stats(cls, stats: dict, horizon: int, num_bins: int = 1000, normalization: str = "minmax") -> "ActionCodec":
+        keys = {"minmax": ("min", "max"), "quantile": ("q01", "q99")}
+        if normalization not in keys:
+            raise ValueError(f"normalization must be one of {list(keys)}, got {normalization!r}")
+        lo, hi = keys[normalization]
+        missing = [k for k in (lo, hi) if k not in stats]
+        if missing:
+            raise ValueError(f"action statistics lack {missing} (needed for {normalization!r} normalization)")
+        return cls(np.asarray(stats[lo]), np.asarray(stats[hi]), horizon, num_bins)
+
+    @property
+    def action_dim(self) -> int:
+        return self.low.shape[0]
+
+    @property
+    def num_values(self) -> int:
+        return self.horizon * self.action_dim
+
+    @property
+    def max_digits(self) -> int:
+        return len(str(self.num_bins))
+
+    def to_bins(self, actions: np.ndarray) -> np.ndarray:
+        unit = (np.asarray(actions, dtype=np.float64) - self.low) / self._span
+        return np.rint(np.clip(unit, 0.0, 1.0) * self.num_bins).astype(np.int64)
+
+    def from_bins(self, bins: np.ndarray) -> np.ndarray:
+        unit = np.clip(np.asarray(bins, dtype=np.float64), 0, self.num_bins) / self.num_bins
+        return (self.low + unit * self._span * (self.high > self.low)).astype(np.float32)
+
+    def encode(self, actions: np.ndarray) -> str:
+        actions = np.asarray(actions)
+        if actions.shape != (self.horizon, self.action_dim):
+            raise ValueError(f"action chunk has shape {actions.shape}, codec expects {(self.horizon, self.action_dim)}")
+        return " ".join(str(b) for b in self.to_bins(actions).reshape(-1))
+
+    def is_well_formed(self, text: str) -> bool:
+        parts = text.split(" ")
+        return len(parts) == self.num_values and all(
+            p.isdigit() and p.isascii() and int(p) <= self.num_bins for p in parts)
+
+    def decode(self, text: str) -> DecodedChunk:
+        well_formed = self.is_well_formed(text.strip())
+        values = [min(int(n), self.num_bins) for n in _NUMBER.findall(text)][: self.num_values]
+        D = self.action_dim
+        complete = len(values) // D
+        if complete == 0:
+            # Not even one whole step: keep what was written, centre the rest.
+            step = values + [self.num_bins // 2] * (D - len(values))
+            rows = [step]
+        else:
+            rows = [values[i * D:(i + 1) * D] for i in range(complete)]
+        rows += [rows[-1]] * (self.horizon - len(rows))
+        bins = np.asarray(rows, dtype=np.int64)
+        return DecodedChunk(self.from_bins(bins), bins, well_formed)

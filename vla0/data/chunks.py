@@ -1,0 +1,42 @@
+"""Frames of a LeRobot dataset -> training samples: camera frames, task, and the next H actions.
+
+A chunk that runs past the end of its episode repeats the episode's last action (the robot
+holds still once done), as LeRobot does when padding action chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla0.data.lerobot_dataset import LeRobotData
+
+
+@dataclass
+class Sample:
+    frames: list[np.ndarray]  # one (h, w, 3) uint8 image per camera
+    task: str
+    actions: np.ndarray  # (H, D)
+
+
+class ChunkDataset:
+    def __init__(self, data: LeRobotData, image_keys: list[str], horizon: int):
+        self.data = data
+        self.image_keys = image_keys
+        self.horizon = horizon
+        # For each frame, the last frame index of its episode, so chunk ends clamp there.
+        self._episode_end = np.empty(len(data.action), dtype=np.int64)
+        for ep in data.episodes:
+            self._episode_end[ep.start:ep.end] = ep.end - 1
+
+    def __len__(self) -> int:
+        return len(self.data.action)
+
+    def __getitem__(self, i: int) -> Sample:
+        rows = np.minimum(np.arange(i, i + self.horizon), self._episode_end[i])
+        return Sample(
+            frames=[self.data.images[k][i] for k in self.image_keys],
+            task=self.data.tasks[int(self.data.task_index[i])],
+            actions=self.data.action[rows],
+        )

@@ -1,0 +1,56 @@
+"""`vla0 init-model tiny OUT`: a randomly initialised Qwen2.5-VL with a generated tokenizer.
+
+Everything comes from files the package ships (tiny.json) or generates (tokenizer.py), so
+it works with no hub access, and the result is a standard Hugging Face folder that
+load_vlm() reads exactly like Qwen/Qwen2.5-VL-3B-Instruct.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from vla0.model.tokenizer import build_tokenizer
+from vla0.model.vlm import VLM
+
+PRESETS = {"tiny": Path(__file__).with_name("tiny.json")}
+
+
+def build_model(preset: str = "tiny", seed: int = 0, overrides: dict | None = None) -> VLM:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; available: {', '.join(PRESETS)}")
+    spec = json.loads(PRESETS[preset].read_text())
+    for section, values in (overrides or {}).items():
+        spec[section].update(values)
+    tokenizer = build_tokenizer()
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    text = dict(spec["text_config"], vocab_size=len(tokenizer), bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=spec["vision_config"],
+                              tie_word_embeddings=spec["tie_word_embeddings"], bos_token_id=None, **ids)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    image_processor = Qwen2VLImageProcessorPil(**spec["image_processor"])
+    return VLM(model, tokenizer, image_processor)
+
+
+def init_model(preset: str, out: Path, seed: int = 0) -> Path:
+    vlm = build_model(preset, seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    vlm.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

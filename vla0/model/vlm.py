@@ -1,0 +1,61 @@
+"""Load an unmodified Qwen2.5-VL-style VLM: the embedded tiny folder, a local checkpoint or a hub id.
+
+No processor class from transformers: Qwen2_5_VLProcessor insists on a video processor,
+which needs torchvision. vla0 only needs a tokenizer and the PIL image processor, and
+builds the multimodal token layout itself (prompt.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+REQUIRED_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+@dataclass
+class VLM:
+    model: Qwen2_5_VLForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: Qwen2VLImageProcessorPil
+
+    def save_pretrained(self, out: Path) -> None:
+        self.model.save_pretrained(out)
+        self.save_processor(out)
+
+    def save_processor(self, out: Path) -> None:
+        self.tokenizer.save_pretrained(out)
+        self.image_processor.save_pretrained(out)
+
+
+def check_model_folder(path: str | os.PathLike) -> None:
+    """Fail early, naming the missing file, instead of deep inside transformers."""
+    p = Path(path)
+    if not p.is_dir():
+        if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+            return  # a hub id such as Qwen/Qwen2.5-VL-3B-Instruct: transformers resolves it
+        raise FileNotFoundError(f"model folder not found: {p}")
+    adapter = (p / "adapter_config.json").exists()  # a LoRA adapter takes config and weights from its base
+    missing = [f for f in REQUIRED_FILES if not (p / f).exists() and not (adapter and f == "config.json")]
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        missing.append("model.safetensors (or sharded *.safetensors)")
+    if missing:
+        raise FileNotFoundError(f"model folder {p} is missing: {', '.join(missing)}")
+
+
+def load_processor(path: str | os.PathLike) -> tuple[PreTrainedTokenizerBase, Qwen2VLImageProcessorPil]:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    return tokenizer, image_processor
+
+
+def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> VLM:
+    check_model_folder(path)
+    tokenizer, image_processor = load_processor(path)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+    return VLM(model, tokenizer, image_processor)

@@ -1,0 +1,296 @@
+"""The policy server: one aiohttp app serving a msgpack WebSocket and a small HTTP API.
+
+    ws  /         (also /ws) metadata on connect, then one observation -> one reply per message
+    GET /healthz  liveness, no key needed
+    GET /metadata what the policy expects and returns
+    POST /act     one JSON observation -> JSON reply, stateless (no ensembling history)
+
+aiohttp rather than websockets: it serves WebSockets and HTTP POST bodies from one asyncio
+server (websockets' process_request hook cannot read a request body), and it enforces size
+limits on both before our code sees the bytes.
+
+The model is reached only through policy.predict_action_chunk (via the Batcher); sessions,
+validation and the wire format live here, apart from the modelling code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from vla0.config import IMAGE_PREFIX
+from vla0.ensemble import TemporalEnsembler
+from vla0.serve import protocol
+from vla0.serve.batching import Batcher
+from vla0.serve.validation import ObservationSpec, RequestError
+
+log = logging.getLogger("vla0.serve")
+PROTOCOL_VERSION = 1
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback unless told otherwise: a policy server drives hardware
+    port: int = 8000
+    api_key: str | None = None
+    batching: bool = True
+    max_batch: int = 16
+    max_wait_ms: float = 5.0  # how long a lone request waits for batch-mates
+    max_message_bytes: int = 16 << 20  # larger requests get an error reply
+    state_dim: int | None = None  # expected observation.state length; None: fixed by each session's first
+    max_image_side: int = 2048
+
+
+def vla0_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("vla0")
+    except PackageNotFoundError:
+        import vla0
+        return getattr(vla0, "__version__", "unknown")
+
+
+class Session:
+    """Per-connection state: its own ensembling history, so sessions never mix."""
+    _ids = itertools.count()
+
+    def __init__(self, ensemble: int, decay: float):
+        self.id = next(self._ids)
+        self.ensembler = TemporalEnsembler(ensemble, decay)
+        self.state_dim: int | None = None
+
+    def reset(self) -> None:
+        self.ensembler.reset()
+        self.state_dim = None
+
+
+class PolicyServer:
+    def __init__(self, policy, cfg: ServeConfig | None = None, model_name: str | None = None):
+        self.policy = policy
+        self.cfg = cfg = cfg or ServeConfig()
+        pc = policy.config
+        self.spec = ObservationSpec(pc, cfg.state_dim or pc.extra.get("state_dim"), cfg.max_image_side)
+        self.batcher = Batcher(policy.predict_action_chunk, cfg.max_batch if cfg.batching else 1, cfg.max_wait_ms)
+        self.bounds = (np.asarray(pc.action_stats["min"], np.float32), np.asarray(pc.action_stats["max"], np.float32))
+        self.metadata = {
+            "model": model_name or getattr(policy, "name", "vla0"), "vla0_version": vla0_version(),
+            "protocol": PROTOCOL_VERSION, "horizon": pc.horizon, "action_dim": pc.action_dim,
+            "num_bins": pc.num_bins, "cameras": list(pc.cameras), "image_keys": list(pc.image_keys),
+            "image_size": pc.image_size, "image_layout": pc.image_layout,
+            "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
+            "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "action_horizon": pc.action_horizon,
+            "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
+            "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
+        }
+        self._sockets: set[web.WebSocketResponse] = set()
+        self.port: int | None = None
+
+    # -- app ------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        # aiohttp refuses larger POST bodies with 413 before they are read
+        app = web.Application(middlewares=[self._auth], client_max_size=self.cfg.max_message_bytes)
+        app.router.add_get("/", self._websocket)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metadata", self._metadata)
+        app.router.add_post("/act", self._act)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app) -> None:
+        self.batcher.start()
+
+    async def _on_shutdown(self, app) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"server shutting down")
+
+    async def _on_cleanup(self, app) -> None:
+        await self.batcher.stop()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        """Refuse before any work: runs before the body is read or the socket upgraded."""
+        if self.cfg.api_key is not None and request.path != "/healthz":
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Api-Key {self.cfg.api_key}".encode()):
+                return web.json_response({"error": "missing or wrong API key: send the header "
+                                          "'Authorization: Api-Key <key>'", "code": "unauthorized"}, status=401)
+        return await handler(request)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    async def _healthz(self, request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _metadata(self, request) -> web.Response:
+        return web.json_response(self.metadata)
+
+    async def _act(self, request: web.Request) -> web.Response:
+        received = time.perf_counter()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": f"request exceeds {self.cfg.max_message_bytes} bytes",
+                                      "code": "too_large"}, status=413)
+        try:
+            try:
+                raw = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise RequestError("bad_json", f"malformed JSON: {e}") from None
+            if not isinstance(raw, dict):
+                raise RequestError("bad_message", f"an observation must be a JSON object, got {type(raw).__name__}")
+            for key, value in raw.items():
+                if self.spec.mapping.get(key, key) in self.spec.image_keys:
+                    raw[key] = self._json_image(key, value)
+            self.batcher.sessions += 1
+            try:
+                reply = await self._infer(raw, session=None, received=received)
+            finally:
+                self.batcher.sessions -= 1
+        except RequestError as e:
+            return web.json_response(e.reply(), status=400)
+        status = 500 if "error" in reply else 200
+        return web.json_response(protocol.to_jsonable(reply), status=status)
+
+    def _json_image(self, key, value) -> np.ndarray:
+        try:
+            return protocol.decode_json_image(value, key, self.cfg.max_image_side ** 2)
+        except protocol.ProtocolError as e:
+            raise RequestError("bad_image", str(e)) from None
+
+    # -- WebSocket ------------------------------------------------------------------------------
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        # aiohttp closes the socket on frames above max_msg_size; we answer anything between our
+        # limit and 4x it with an error reply, keeping the connection, and never buffer more
+        ws = web.WebSocketResponse(max_msg_size=4 * self.cfg.max_message_bytes, compress=False, heartbeat=30)
+        if not ws.can_prepare(request).ok:
+            return web.json_response({"error": "this endpoint speaks WebSocket (msgpack); see GET /metadata",
+                                      "code": "not_websocket"}, status=400)
+        await ws.prepare(request)
+        session = Session(self.policy.config.ensemble, self.policy.config.ensemble_decay)
+        self._sockets.add(ws)
+        self.batcher.sessions += 1
+        log.info("session %d opened from %s", session.id, request.remote)
+        try:
+            await ws.send_bytes(protocol.packb(self.metadata))
+            async for msg in ws:
+                received = time.perf_counter()
+                if msg.type == WSMsgType.BINARY:
+                    reply = await self._message(msg.data, session, received)
+                elif msg.type == WSMsgType.TEXT:
+                    reply = RequestError("bad_message", "send msgpack in binary frames, not text").reply()
+                else:  # ERROR (e.g. a frame above the hard limit): aiohttp closes the socket
+                    break
+                if ws.closed:  # the client left while its request ran
+                    break
+                await ws.send_bytes(protocol.packb(reply))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._sockets.discard(ws)
+            self.batcher.sessions -= 1
+            log.info("session %d closed", session.id)
+        return ws
+
+    async def _message(self, data: bytes, session: Session, received: float) -> dict:
+        try:
+            if len(data) > self.cfg.max_message_bytes:
+                raise RequestError("too_large", f"message of {len(data)} bytes exceeds the "
+                                                f"{self.cfg.max_message_bytes}-byte limit")
+            try:
+                raw = protocol.unpackb(data)
+            except protocol.ProtocolError as e:
+                raise RequestError("bad_msgpack", str(e)) from None
+            if isinstance(raw, dict) and (raw.get("type") == "reset" or raw.get("reset") is True):
+                session.reset()
+                return {"reset": True}
+            if isinstance(raw, dict) and raw.get("type") == "infer":
+                raw = {k: v for k, v in raw.items() if k != "type"}
+            return await self._infer(raw, session, received)
+        except RequestError as e:
+            return e.reply()
+        except Exception as e:  # a server bug must not take the connection down with it
+            log.exception("session %d: unexpected error", session.id)
+            return {"error": f"internal error: {type(e).__name__}", "code": "internal_error"}
+
+    # -- inference ------------------------------------------------------------------------------
+    async def _infer(self, raw, session: Session | None, received: float) -> dict:
+        obs = self.spec.parse(raw, session.state_dim if session else None)
+        try:
+            result = await self.batcher.submit(obs)
+        except Exception as e:
+            log.exception("inference failed")
+            return {"error": f"inference failed: {type(e).__name__}: {e}", "code": "inference_error"}
+        chunk = result.chunk
+        if session is None:
+            action = chunk[0]
+        else:
+            if obs.state is not None:
+                session.state_dim = obs.state.shape[0]
+            session.ensembler.add(0, chunk)
+            action = session.ensembler.pop(0)
+        return {
+            "actions": chunk.astype(np.float32),
+            "action": np.clip(action, *self.bounds).astype(np.float32),
+            "server_timing": {"queue_ms": result.queue_ms, "infer_ms": result.infer_ms,
+                              "total_ms": (time.perf_counter() - received) * 1000,
+                              "batch_size": result.batch_size},
+        }
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until interrupted (Ctrl-C)."""
+        print(f"vla0 serve: {self.metadata['model']} on ws://{self.cfg.host}:{self.cfg.port} "
+              f"(HTTP: /healthz /metadata /act){' [API key required]' if self.cfg.api_key else ''}", flush=True)
+        web.run_app(self.app(), host=self.cfg.host, port=self.cfg.port, access_log=None, print=None)
+
+
+class ServerThread:
+    """A PolicyServer on its own event loop in a background thread (tests, benchmarks, notebooks).
+    port=0 picks a free port; url then names it."""
+
+    def __init__(self, server: PolicyServer):
+        self.server = server
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._main, name="vla0-serve", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> "ServerThread":
+        self._thread.start()
+        if not self._ready.wait(30) or not self.url:
+            raise RuntimeError("policy server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._loop and self._runner:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner = web.AppRunner(self.server.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            cfg = self.server.cfg
+            site = web.TCPSite(self._runner, cfg.host, cfg.port)
+            self._loop.run_until_complete(site.start())
+            self.server.port = self._runner.addresses[0][1]
+            self.url = f"ws://{cfg.host}:{self.server.port}"
+        finally:
+            self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()

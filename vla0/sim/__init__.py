@@ -1,0 +1,1 @@
+"""Simulation: Meta-World env adapter, worker pool, expert data collection."""

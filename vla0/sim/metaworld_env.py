@@ -1,0 +1,175 @@
+"""Meta-World v3 task as a gymnasium-style env with LeRobot observation keys.
+
+Differences from `gym.make("Meta-World/MT1", ...)`, all on purpose:
+- Initial object/goal positions are drawn from our seed (not from MT1's 50
+  fixed variants), so held-out seeds are genuinely unseen positions.
+- The goal is fully observable in `observation.environment_state` (the
+  scripted experts read it); policies only get images + 4-dim state.
+- Several cameras render from one mujoco.Renderer, with shadows and
+  multisampling off (about 6x faster) and corner cameras turned upright.
+- `visible_goal` enlarges and recolours the goal *site* (rendering only,
+  sites have no physics) so the target is a few pixels wide at 64 px.
+"""
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla0.sim.gl import ensure_gl
+
+ensure_gl()  # must precede the first mujoco import
+
+import mujoco  # noqa: E402
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # noqa: E402
+from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
+
+from vla0.sim.instructions import INSTRUCTIONS  # noqa: E402
+
+
+def quiet_expert(expert, state: np.ndarray) -> np.ndarray:
+    """expert.get_action, without its per-step warning about gains > 1 (they are on purpose)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
+        return expert.get_action(state)
+
+TASKS: list[str] = sorted(t for t in ALL_V3_ENVIRONMENTS if t in ENV_POLICY_MAP and t in INSTRUCTIONS)
+CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "gripperPOV", "behindGripper")
+FPS = 80  # model timestep 0.0025 s x frame_skip 5 = 12.5 ms per env step
+
+# Episode caps. Meta-World's own horizon is 500 steps; the scripted experts
+# finish these tasks in 50-105 steps, so a tighter cap keeps failing policies
+# from dominating evaluation time while leaving room for slower successes.
+MAX_STEPS: dict[str, int] = {
+    "reach-v3": 150,
+    "button-press-topdown-v3": 150,
+    "drawer-open-v3": 150,
+    "drawer-close-v3": 150,
+    "push-v3": 200,
+    "pick-place-v3": 200,
+    "door-open-v3": 250,
+    "window-open-v3": 200,
+    "window-close-v3": 200,
+    "peg-insert-side-v3": 250,
+}
+DEFAULT_MAX_STEPS = 300
+
+GOAL_SITE_RADIUS = 0.04  # reach succeeds within 0.05 m, so the sphere stays "inside" the target
+GOAL_SITE_RGBA = (0.1, 1.0, 0.1, 1.0)  # bright green: unlike the red robot, red puck and wood table
+
+
+def check_task(name: str) -> None:
+    if name not in TASKS:
+        raise ValueError(f"unknown Meta-World task {name!r}; valid v3 tasks: {', '.join(TASKS)}")
+
+
+@dataclass
+class EnvSpec:
+    task: str
+    cameras: tuple[str, ...] = ("corner3",)
+    image_size: tuple[int, int] = (64, 64)  # (height, width) per camera
+    max_steps: int | None = None  # None -> MAX_STEPS table, else DEFAULT_MAX_STEPS
+    visible_goal: bool = True
+
+    def __post_init__(self):
+        check_task(self.task)
+        self.cameras = tuple(self.cameras)
+        bad = [c for c in self.cameras if c not in CAMERAS]
+        if bad:
+            raise ValueError(f"unknown camera(s) {bad} in EnvSpec for {self.task}; valid: {', '.join(CAMERAS)}")
+        self.image_size = tuple(int(x) for x in self.image_size)
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"EnvSpec.image_size must be (height, width) >= 8 px, got {self.image_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"EnvSpec.max_steps must be >= 1, got {self.max_steps}")
+
+    @property
+    def horizon(self) -> int:
+        return self.max_steps or MAX_STEPS.get(self.task, DEFAULT_MAX_STEPS)
+
+
+class MetaWorldEnv:
+    def __init__(self, spec: EnvSpec):
+        self.spec = spec
+        env = ALL_V3_ENVIRONMENTS[spec.task]()
+        # What MT1's goal-observable wrapper does, minus freezing the positions:
+        # seeded_rand_vec draws each reset's positions from env.np_random.
+        env._partially_observable = False
+        env.__dict__.pop("sawyer_observation_space", None)  # cached_property tied to observability
+        env._set_task_called = True
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True
+        env.max_path_length = 10**9  # we truncate ourselves; metaworld raises past its horizon
+        self._env = env
+        self._expert = ENV_POLICY_MAP[spec.task]()
+        self._instruction = INSTRUCTIONS[spec.task]
+        self._renderer = None
+        model = env.model
+        if spec.visible_goal:
+            sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            if sid >= 0:
+                model.site_size[sid, 0] = max(model.site_size[sid, 0], GOAL_SITE_RADIUS)
+                model.site_rgba[sid] = GOAL_SITE_RGBA
+        if spec.cameras:
+            h, w = spec.image_size
+            # Must be set before the GL context exists: shadows + 4x MSAA cost ~6x per frame.
+            model.vis.quality.shadowsize = 0
+            model.vis.quality.offsamples = 0
+            model.vis.global_.offheight = max(model.vis.global_.offheight, h)
+            model.vis.global_.offwidth = max(model.vis.global_.offwidth, w)
+            self._renderer = mujoco.Renderer(model, h, w)
+        self._raw = None
+        self._steps = 0
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def render(self) -> dict[str, np.ndarray]:
+        images = {}
+        for cam in self.spec.cameras:
+            self._renderer.update_scene(self._env.data, camera=cam)
+            img = self._renderer.render()
+            if cam.startswith("corner"):  # these cameras are mounted upside down
+                img = img[::-1, ::-1]
+            images[f"observation.images.{cam}"] = np.ascontiguousarray(img)
+        return images
+
+    def _obs(self) -> dict:
+        raw = self._raw
+        obs = self.render() if self._renderer is not None else {}
+        obs["observation.state"] = raw[:4].astype(np.float32)  # hand xyz + gripper opening
+        obs["observation.environment_state"] = raw.astype(np.float32)
+        obs["task"] = self._instruction
+        return obs
+
+    def reset(self, seed: int) -> tuple[dict, dict]:
+        self._env.seed(int(seed))
+        raw, _ = self._env.reset()
+        self._raw = raw
+        self._steps = 0
+        return self._obs(), {"seed": int(seed), "task": self.spec.task}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        if self._raw is None:
+            raise RuntimeError(f"{self.spec.task}: call reset(seed) before step()")
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if action.shape != (4,):
+            raise ValueError(f"{self.spec.task}: action must have 4 values, got shape {action.shape}")
+        action = np.clip(np.nan_to_num(action), -1.0, 1.0)
+        raw, reward, _, _, info = self._env.step(action)
+        self._raw = raw
+        self._steps += 1
+        success = bool(info.get("success", 0.0))
+        info = {"success": success, "steps": self._steps}
+        return self._obs(), float(reward), success, (not success and self._steps >= self.spec.horizon), info
+
+    def expert_action(self) -> np.ndarray:
+        if self._raw is None:
+            raise RuntimeError(f"{self.spec.task}: call reset(seed) before expert_action()")
+        return np.clip(quiet_expert(self._expert, self._raw), -1.0, 1.0).astype(np.float32)
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._env.close()

@@ -1,0 +1,176 @@
+"""A pool of Meta-World env workers driven in lockstep over pipes.
+
+Slots are numbered 0..B-1; slot i lives in worker i % num_workers, so a batch
+can be wider than the number of processes (each worker steps its slots in
+turn). A slot keeps its env between episodes and rebuilds it only when the
+EnvSpec changes (building costs about a second). Workers use the "spawn"
+context: fork after a GL context exists hangs, and spawn children inherit
+our OMP_NUM_THREADS=1 and MUJOCO_GL. num_workers=0 runs everything
+in-process (tests, debugging).
+"""
+import multiprocessing as mp
+import os
+import traceback
+
+import numpy as np
+
+from vla0.sim.gl import ensure_gl
+
+
+class _Slots:
+    """The envs of one worker (or of the in-process pool), by slot id."""
+
+    def __init__(self):
+        from vla0.sim.metaworld_env import MetaWorldEnv
+
+        self.make = MetaWorldEnv
+        self.envs = {}
+
+    def reset(self, jobs):
+        out = []
+        for slot, spec, seed in jobs:
+            env = self.envs.get(slot)
+            if env is None or env.spec != spec:
+                if env is not None:
+                    env.close()
+                env = self.envs[slot] = self.make(spec)
+            out.append(env.reset(seed)[0])
+        return out
+
+    def step(self, jobs):
+        return [self.envs[slot].step(action) for slot, action in jobs]
+
+    def expert(self, slots):
+        return [self.envs[slot].expert_action() for slot in slots]
+
+    def close(self):
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+
+
+def _worker(conn):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        slots = _Slots()
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            cmd, arg = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if cmd == "close":
+            slots.close()
+            conn.send(("ok", None))
+            break
+        try:
+            conn.send(("ok", getattr(slots, cmd)(arg)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+    conn.close()
+
+
+class EnvPool:
+    def __init__(self, num_workers: int = 2):
+        if num_workers < 0:
+            raise ValueError(f"EnvPool: num_workers must be >= 0, got {num_workers}")
+        ensure_gl()
+        self.num_workers = num_workers
+        self.specs: dict[int, object] = {}
+        self._local = None
+        self._conns, self._procs = [], []
+        if num_workers == 0:
+            self._local = _Slots()
+            return
+        ctx = mp.get_context("spawn")
+        old = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"  # children read it at startup, before numpy loads
+        try:
+            for _ in range(num_workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+        finally:
+            if old is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = old
+        for w in range(num_workers):
+            self._recv(w)
+
+    def _recv(self, w: int):
+        try:
+            status, payload = self._conns[w].recv()
+        except EOFError:
+            raise RuntimeError(f"env worker {w} died (exit code {self._procs[w].exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"env worker {w} failed:\n{payload}")
+        return payload
+
+    def _run(self, cmd: str, jobs: list, slot_of) -> list:
+        """Send each worker its share of jobs, gather replies in job order."""
+        if self._local is not None:
+            return getattr(self._local, cmd)(jobs)
+        shares: dict[int, list] = {}
+        for i, job in enumerate(jobs):
+            shares.setdefault(slot_of(job) % self.num_workers, []).append((i, job))
+        for w, share in shares.items():
+            self._conns[w].send((cmd, [job for _, job in share]))
+        out = [None] * len(jobs)
+        for w, share in shares.items():
+            for (i, _), res in zip(share, self._recv(w)):
+                out[i] = res
+        return out
+
+    def reset(self, specs: list, seeds: list[int], ids: list[int] | None = None) -> list[dict]:
+        """Start episodes: slot ids[i] (default i) gets specs[i] with seeds[i]."""
+        ids = list(range(len(specs))) if ids is None else list(ids)
+        if not (len(specs) == len(seeds) == len(ids)):
+            raise ValueError(f"EnvPool.reset: {len(specs)} specs, {len(seeds)} seeds, {len(ids)} ids")
+        for i, spec in zip(ids, specs):
+            self.specs[i] = spec
+        return self._run("reset", list(zip(ids, specs, seeds)), lambda j: j[0])
+
+    def step(self, actions: list, ids: list[int] | None = None) -> list:
+        """Step slot ids[i] with actions[i]; a None action skips that slot (result None)."""
+        ids = list(range(len(actions))) if ids is None else list(ids)
+        jobs = [(i, np.asarray(a, np.float32)) for i, a in zip(ids, actions) if a is not None]
+        res = iter(self._run("step", jobs, lambda j: j[0]))
+        return [None if a is None else next(res) for a in actions]
+
+    def expert_actions(self, ids: list[int] | None = None) -> list[np.ndarray]:
+        ids = sorted(self.specs) if ids is None else list(ids)
+        return self._run("expert", ids, lambda s: s)
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+        for conn, proc in zip(self._conns, self._procs):
+            try:
+                conn.send(("close", None))
+                conn.recv()
+            except (EOFError, BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+        self._conns, self._procs = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,233 @@
+"""`vla0 train`: fine-tune an unmodified VLM to write action chunks as text (VLA-0).
+
+One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionCodec text -> PromptEncoder
+(crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
+Runs on one process or under torchrun / accelerate launch (each rank takes its slice of every
+global batch). The data order is a pure function of (seed, step), so --resume continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from vla0.codec import ActionCodec
+from vla0.config import IMAGE_PREFIX, PolicyConfig, stats_to_lists
+from vla0.data.chunks import ChunkDataset
+from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
+from vla0.model.vlm import check_model_folder, load_vlm
+from vla0.prompt import PromptEncoder, collate
+from vla0.train.checkpoint import (TRAINER_STATE, checkpoint_name, latest_checkpoint, mark_latest,
+                                   save_atomic)
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    dataset: str
+    out: str
+    cameras: list[str] | None = None  # default: every camera of the dataset
+    horizon: int = 8
+    num_bins: int = 1000
+    normalization: str = "minmax"
+    image_layout: str = "tile"
+    image_size: list[int] | None = None
+    crop_fraction: float = 0.875
+    mask_max_frac: float = 0.4
+    mask_p_none: float = 0.1
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"  # or "cosine"
+    warmup_steps: int = 0
+    epochs: float | None = None
+    steps: int | None = None
+    batch_size: int = 8  # per process
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"  # or "bf16"
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    action_horizon: int = 1  # inference defaults stored with the policy
+    ensemble: int = 8
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def check_config(cfg: TrainConfig) -> dict:
+    """Every user mistake we can see before loading anything; returns the dataset's info.json."""
+    if (cfg.epochs is None) == (cfg.steps is None):
+        raise ValueError("give exactly one of --epochs or --steps")
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.horizon < 1 or cfg.num_bins < 1:
+        raise ValueError("batch size, gradient accumulation, horizon and bins must all be >= 1")
+    if not 0 <= cfg.mask_max_frac <= 1:
+        raise ValueError(f"--mask-max-frac must be in [0, 1], got {cfg.mask_max_frac}")
+    info = validate_lerobot(Path(cfg.dataset))
+    cameras = [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
+    unknown = [c for c in (cfg.cameras or []) if c not in cameras]
+    if unknown:
+        raise ValueError(f"camera(s) {unknown} not in dataset {cfg.dataset}; it has {cameras}")
+    if not cameras:
+        raise ValueError(f"dataset {cfg.dataset} has no camera features (observation.images.*)")
+    out = Path(cfg.out)
+    if cfg.resume and latest_checkpoint(out) is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {out}/checkpoints")
+    if not cfg.resume and (out / "checkpoints").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not cfg.resume:
+        check_model_folder(cfg.model)
+    return info
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        info = check_config(cfg)
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+                               cpu=not torch.cuda.is_available())
+        cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
+        data = load_lerobot(Path(cfg.dataset), cameras=cameras)
+        self.policy_config = PolicyConfig(
+            action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
+            horizon=cfg.horizon, num_bins=cfg.num_bins, normalization=cfg.normalization,
+            image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
+            action_horizon=cfg.action_horizon, ensemble=cfg.ensemble, base_model=str(cfg.model),
+            extra={"dataset": str(cfg.dataset), "train": asdict(cfg),
+                   # the frame size each camera was recorded at, so evaluation renders the same
+                   "camera_shapes": {c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras}})
+        self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.horizon)
+        self.codec = ActionCodec.from_stats(data.stats["action"], cfg.horizon, cfg.num_bins, cfg.normalization)
+
+        resume_from = latest_checkpoint(self.out) if cfg.resume else None
+        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
+        model = self.vlm.model
+        if cfg.lora_rank:
+            from peft import LoraConfig, PeftModel, get_peft_model
+            if resume_from:
+                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+            else:
+                model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                         target_modules=cfg.lora_targets, lora_dropout=0.0))
+        self.encoder = PromptEncoder(self.vlm.tokenizer, self.vlm.image_processor, self.policy_config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        world = self.acc.num_processes
+        self.global_batch = cfg.batch_size * world
+        self.batches_per_epoch = max(1, len(self.dataset) // self.global_batch)
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
+        # Stepped by hand once per optimizer step (accelerate's wrapper would step it per process).
+        self.scheduler = get_scheduler("cosine" if cfg.schedule == "cosine" else "constant_with_warmup",
+                                       optimizer, num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.step = 0
+        if resume_from:
+            state = torch.load(resume_from / TRAINER_STATE, weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step = state["step"]
+
+    # -- data -----------------------------------------------------------------------------------
+    def micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
+        """This rank's share of global micro-batch number `micro` (a pure function of seed and micro)."""
+        epoch, position = divmod(micro, self.batches_per_epoch)
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset))
+        rank = self.acc.process_index
+        start = position * self.global_batch + rank * self.cfg.batch_size
+        examples = []
+        for idx in order[start:start + self.cfg.batch_size]:
+            sample = self.dataset[int(idx)]
+            rng = np.random.default_rng([self.cfg.seed, epoch, int(idx)])
+            examples.append(self.encoder.training_example(
+                sample.frames, sample.task, self.codec.encode(sample.actions), rng,
+                self.cfg.mask_max_frac, self.cfg.mask_p_none))
+        return collate(examples, self.vlm.tokenizer.pad_token_id, padding_side="right")
+
+    # -- loop -----------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg, acc = self.cfg, self.acc
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = open(self.out / "train_log.jsonl", "a") if acc.is_main_process else None
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process))
+        self.model.train()
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            total = 0.0
+            for k in range(cfg.grad_accum):
+                batch = {n: t.to(acc.device) for n, t in self.micro_batch(self.step * cfg.grad_accum + k).items()}
+                sync = k == cfg.grad_accum - 1
+                with acc.no_sync(self.model) if not sync else contextlib.nullcontext(), acc.autocast():
+                    loss = self.model(**batch).loss / cfg.grad_accum
+                    acc.backward(loss)
+                total += loss.item()
+            if cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            loss_mean = acc.reduce(torch.tensor(total, device=acc.device), "mean").item()
+            seconds = time.perf_counter() - t0
+            if log:
+                log.write(json.dumps({"step": self.step, "loss": loss_mean, "lr": self.scheduler.get_last_lr()[0],
+                                      "samples_per_s": self.global_batch * cfg.grad_accum / seconds,
+                                      "epoch": self.step * cfg.grad_accum / self.batches_per_epoch}) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{loss_mean:.3f}")
+            bar.update(1)
+            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        if log:
+            log.close()
+        return self.export_policy()
+
+    def _write_policy(self, folder: Path) -> None:
+        self.acc.unwrap_model(self.model).save_pretrained(folder)
+        self.vlm.save_processor(folder)
+        config = self.policy_config
+        if self.cfg.lora_rank:
+            config.base_model = str(Path(self.cfg.model).resolve()) if Path(self.cfg.model).exists() else self.cfg.model
+        config.save(folder)
+
+    def save_checkpoint(self) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            def write(tmp: Path) -> None:
+                self._write_policy(tmp)
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                            "torch_rng": torch.get_rng_state(), "step": self.step}, tmp / TRAINER_STATE)
+            folder = save_atomic(self.out / "checkpoints" / checkpoint_name(self.step), write)
+            mark_latest(self.out, folder, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def export_policy(self) -> Path:
+        folder = self.out / "policy"
+        if self.acc.is_main_process:
+            save_atomic(folder, self._write_policy)
+        self.acc.wait_for_everyone()
+        return folder
+
+
+def train(cfg: TrainConfig) -> Path:
+    return Trainer(cfg).train()
