@@ -41,6 +41,7 @@ from vla0.model.tiny import build_model  # noqa: E402
 from vla0.model.vlm import load_vlm  # noqa: E402
 from vla0.policy.fast_decode import FastDecoder, draft_from_bins  # noqa: E402
 from vla0.policy.policy import VLA0Policy  # noqa: E402
+from vla0.policy.grammar import GrammarLogitsProcessor  # noqa: E402
 from vla0.prompt import collate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,22 +51,23 @@ IMAGE = 84
 
 
 # -- synthetic world ---------------------------------------------------------------------------
-def world_frame(theta: float, scale: float, size: int = IMAGE) -> np.ndarray:
+def world_frame(theta: float, size: int = IMAGE) -> np.ndarray:
+    """The scene at phase theta: the background colour encodes (cos, sin) of the phase and a
+    disk moves around a circle with it."""
     yy, xx = np.mgrid[0:size, 0:size]
-    c = size / 2
-    r = size * 0.33
+    c, r = size / 2, size * 0.33
     cx, cy = c + r * math.cos(theta), c + r * math.sin(theta)
-    img = np.full((size, size, 3), 40, np.uint8)
-    disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= (size * 0.1) ** 2
-    img[disk] = (int(255 * scale), 90, int(255 * (1.5 - scale)))
-    img[(np.abs(xx - c) <= 1) & (np.abs(yy - c) <= 1)] = 200  # a fixed landmark
+    img = np.empty((size, size, 3), np.uint8)
+    img[...] = (int(128 + 110 * math.cos(theta)), int(128 + 110 * math.sin(theta)), 60)
+    img[(xx - cx) ** 2 + (yy - cy) ** 2 <= (size * 0.1) ** 2] = (250, 250, 250)
     return img
 
 
-def world_chunk(theta: float, scale: float, H: int, D: int) -> np.ndarray:
+def world_chunk(theta: float, H: int, D: int) -> np.ndarray:
+    """Ground-truth chunk at phase theta: dim j at step k is 0.5 + 0.45 sin(theta + k w + 2 pi j / D)."""
     k = np.arange(H)[:, None]
     j = np.arange(D)[None, :]
-    return 0.5 + 0.45 * scale * np.sin(theta + OMEGA * k + 2 * np.pi * j / D)
+    return 0.5 + 0.45 * np.sin(theta + OMEGA * k + 2 * np.pi * j / D)
 
 
 def make_config(H: int, D: int, B: int) -> PolicyConfig:
@@ -75,7 +77,7 @@ def make_config(H: int, D: int, B: int) -> PolicyConfig:
 
 
 def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int = 0,
-                 batch_size: int = 16, lr: float = 2e-3) -> Path:
+                 batch_size: int = 16, lr: float = 3e-3) -> Path:
     """Train the tiny model on the synthetic world for `seconds`; save a policy folder."""
     torch.manual_seed(seed)
     vlm = build_model("tiny", seed)
@@ -93,9 +95,9 @@ def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int
             g["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         examples = []
         for _ in range(batch_size):
-            theta, scale = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
-            text = codec.encode(world_chunk(theta, scale, H, D))
-            examples.append(enc.training_example([world_frame(theta, scale)], TASK, text, rng,
+            theta = rng.uniform(0, 2 * np.pi)
+            text = codec.encode(world_chunk(theta, H, D))
+            examples.append(enc.training_example([world_frame(theta)], TASK, text, rng,
                                                  mask_max_frac=0.2, p_no_mask=0.5))
         batch = collate(examples, vlm.tokenizer.pad_token_id, "right")
         loss = model(**batch).loss
@@ -124,8 +126,8 @@ def synthetic_episodes(n: int, steps: int, seed: int) -> list[list[tuple[list[np
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        theta, scale = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
-        out.append([([world_frame(theta + OMEGA * t, scale)], TASK) for t in range(steps)])
+        theta = rng.uniform(0, 2 * np.pi)
+        out.append([([world_frame(theta + OMEGA * t)], TASK) for t in range(steps)])
     return out
 
 
@@ -142,6 +144,35 @@ def dataset_episodes(path: str, policy: VLA0Policy, n: int, steps: int) -> list[
             frames.append(([np.asarray(item[k]) for k in keys], item.get("task", "")))
         out.append(frames)
     return out
+
+
+def hf_generate(policy: VLA0Policy, prompts) -> list[str]:
+    """The baseline: HF greedy `generate` with the grammar logits processor, batched with left
+    padding (VLA0Policy.generate_text before the fast decoder; inlined so it stays the baseline)."""
+    tok = policy.vlm.tokenizer
+    batch = collate(prompts, tok.pad_token_id, padding_side="left")
+    batch = {k: v.to(policy.device) for k, v in batch.items()}
+    width = batch["input_ids"].shape[1]
+    out = policy.vlm.model.generate(
+        **batch, logits_processor=[GrammarLogitsProcessor(policy.grammar, width)],
+        max_new_tokens=policy.grammar.max_new_tokens(), do_sample=False, top_k=None, top_p=None,
+        eos_token_id=policy.grammar.end_id, pad_token_id=tok.pad_token_id)
+    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+def model_accuracy(policy: VLA0Policy, episodes) -> dict:
+    """How well the trained model fits the synthetic world (mean |error| in bins)."""
+    errs, spread = [], []
+    for ep in episodes:
+        for frames, task in ep:
+            text = hf_generate(policy, [policy.encoder.prompt(frames, task)])[0]
+            bins = policy.codec.decode(text).bins
+            theta = math.atan2(frames[0][0, 0, 1] - 128.0, frames[0][0, 0, 0] - 128.0)
+            truth = policy.codec.to_bins(world_chunk(theta, *bins.shape))
+            errs.append(np.abs(bins - truth).mean())
+            spread.append(bins)
+    return {"mean_abs_error_bins": float(np.mean(errs)),
+            "bins_std_across_frames": float(np.std(np.stack(spread), axis=0).mean())}
 
 
 # -- methods ---------------------------------------------------------------------------------------
@@ -189,7 +220,7 @@ def run_method(policy: VLA0Policy, name: str, episodes, batch: int, counter: Pas
             c0 = counter.count
             t0 = time.perf_counter()
             if dec is None:
-                texts = policy.generate_text(prompts)
+                texts = hf_generate(policy, prompts)
             else:
                 texts = dec.decode(prompts, drafts)
             dt = time.perf_counter() - t0
@@ -223,13 +254,15 @@ def summarize(records, total_s: float) -> dict:
     return out
 
 
-def bench_policy(policy: VLA0Policy, episodes, batches: list[int], label: str, methods: list[str]) -> dict:
+def bench_policy(policy: VLA0Policy, episodes_for, n_episodes: int, steps: int, batches: list[int],
+                 label: str, methods: list[str], chunks_per_batch: int = 48) -> dict:
+    """episodes_for(n, steps) -> n replay episodes of `steps` consecutive observations."""
     counter = PassCounter(policy.vlm.model)
     H, D, B = policy.config.horizon, policy.config.action_dim, policy.config.num_bins
-    result = {"shape": {"H": H, "D": D, "B": B}, "episodes": len(episodes), "steps_per_episode": len(episodes[0])}
-    print(f"[{label}] H={H} D={D} B={B}: {len(episodes)} episodes x {len(episodes[0])} steps", flush=True)
-    # warm up both paths
-    run_method(policy, "baseline", [episodes[0][:2]], 1, counter)
+    episodes = episodes_for(n_episodes, steps)
+    result = {"shape": {"H": H, "D": D, "B": B}, "episodes": len(episodes), "steps_per_episode": steps}
+    print(f"[{label}] H={H} D={D} B={B}: {len(episodes)} episodes x {steps} steps", flush=True)
+    run_method(policy, "baseline", [episodes[0][:2]], 1, counter)  # warm-up
     run_method(policy, "combined_exact", [episodes[0][:2]], 1, counter)
     records, reference, total = run_method(policy, "baseline", episodes, 1, counter)
     result["baseline"] = summarize(records, total)
@@ -244,20 +277,17 @@ def bench_policy(policy: VLA0Policy, episodes, batches: list[int], label: str, m
     result["speedup_combined_exact"] = {
         "forward_passes": base["forward_passes_median"] / comb["forward_passes_median"],
         "ms_median": base["ms_median"] / comb["ms_median"]}
+    print(f"  speedup: {result['speedup_combined_exact']}", flush=True)
     throughput = {}
     for b in batches:
-        eps = (episodes * math.ceil(b / len(episodes)))[:max(b, len(episodes))] if len(episodes) < b else episodes
-        eps = [ep[: max(4, 32 // b)] for ep in eps]
-        row = {}
-        ref = None
+        eps = episodes_for(b, max(2, chunks_per_batch // b))  # b different episodes, decoded together
+        row, ref = {}, None
         for name in ("baseline", "combined_exact"):
             records, bins, total = run_method(policy, name, eps, b, counter, ref)
-            if name == "baseline":
-                ref = bins
+            ref = bins if name == "baseline" else ref
             s = summarize(records, total)
-            row[name] = {"chunks_per_s": s["chunks_per_s"], "chunks": s["chunks"]}
-            if "identical_fraction" in s:
-                row[name]["identical_fraction"] = s["identical_fraction"]
+            row[name] = {k: s[k] for k in ("chunks_per_s", "chunks", "identical_fraction", "forward_passes_median")
+                         if k in s}
         throughput[str(b)] = row
         print(f"  batch {b}: {row}", flush=True)
     result["throughput"] = throughput
@@ -293,16 +323,20 @@ def main(argv=None) -> None:
     result = {"device": "cpu", "torch_threads": torch.get_num_threads(), "model": "embedded tiny Qwen2.5-VL "
               f"(2 layers, hidden 128) trained {json.loads((folder / 'train_log.json').read_text())['steps']} steps"
               " on the synthetic circle world"}
-    episodes = synthetic_episodes(args.episodes, args.steps, args.seed)
-    # accuracy of the trained model against the synthetic ground truth, for the record
-    result.update(bench_policy(policy, episodes, batches, "paper shape", methods))
+    result["model_accuracy"] = model_accuracy(policy, synthetic_episodes(2, 4, args.seed + 100))
+
+    def synthetic(n, steps, _seed=[args.seed]):
+        _seed[0] += 1
+        return synthetic_episodes(n, steps, _seed[0])
+
+    result.update(bench_policy(policy, synthetic, args.episodes, args.steps, batches, "paper shape", methods))
     if args.policy:
-        qp = VLA0Policy.from_pretrained(args.policy)
-        if args.episodes_from:
-            eps = dataset_episodes(args.episodes_from, qp, args.episodes, args.steps)
-        else:
+        if not args.episodes_from:
             raise SystemExit("--policy needs --episodes-from DATASET to replay")
-        result["quickstart"] = bench_policy(qp, eps, batches, "quickstart", ["baseline", "combined_exact"])
+        qp = VLA0Policy.from_pretrained(args.policy)
+        result["quickstart"] = bench_policy(
+            qp, lambda n, steps: dataset_episodes(args.episodes_from, qp, n, steps), args.episodes, args.steps,
+            batches, "quickstart", ["baseline", "combined_exact"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

@@ -92,8 +92,8 @@ def main() -> None:
     ap.add_argument("--policy", default=None, help="policy or run folder (default: the tiny untrained model)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--image-size", type=int, default=224, help="side of the camera frames sent")
-    ap.add_argument("--latency-requests", type=int, default=100)
-    ap.add_argument("--requests", type=int, default=10, help="per client, per throughput run")
+    ap.add_argument("--latency-requests", type=int, default=50)
+    ap.add_argument("--requests", type=int, default=32, help="per throughput run, split between the clients")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.json"))
     args = ap.parse_args()
 
@@ -142,14 +142,15 @@ def main() -> None:
             else:
                 PolicyClient(url, connect_timeout=120).close()
             key = "batching_on" if batching else "batching_off"
-            result["throughput"][key] = [throughput(url, n, args.requests, args.image_size) for n in (1, 4, 16)]
+            result["throughput"][key] = [throughput(url, n, max(2, args.requests // n), args.image_size)
+                                         for n in (1, 4, 16)]
         finally:
             proc.terminate()
             proc.join(10)
-        print(json.dumps({k: result[k] for k in ("latency_ms", "throughput") if k in result}, indent=1), flush=True)
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("latency_ms", "throughput")}))
     print(f"wrote {args.out}")
 
 

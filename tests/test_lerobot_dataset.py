@@ -174,3 +174,12 @@ def test_collect_expert_demos(tmp_path):
     assert d.images["observation.images.corner3"].shape == (len(d), 32, 32, 3)
     assert np.abs(d.action).max() <= 1 and d.extra["observation.environment_state"].shape == (len(d), 39)
     assert json.loads((out / "meta/vla0.json").read_text())["seeds"] == [0, 1]
+
+
+def test_reads_unnamed_task_index(written, tmp_path):
+    """LeRobot itself writes the task strings as an unnamed pandas index (__index_level_0__)."""
+    root, _ = written
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    pq.write_table(pa.table({"task_index": [0, 1], "__index_level_0__": ["reach the goal", "push"]}), copy / "meta/tasks.parquet")
+    assert load_lerobot(copy).tasks == ["reach the goal", "push"]

@@ -296,3 +296,23 @@ def test_cli_parser():
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--policy", "runs/x"])
     assert (args.host, args.port, args.func, args.no_batching) == ("127.0.0.1", 8000, run, False)
+
+
+def test_client_waits_for_the_server_and_reconnects(policy):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ServeConfig(port=port)
+    clients = []
+    connecting = threading.Thread(target=lambda: clients.append(PolicyClient(f"ws://127.0.0.1:{port}",
+                                                                             connect_timeout=30)))
+    connecting.start()  # before the server exists: the client backs off and retries
+    time.sleep(0.5)
+    obs = make_obs(10)
+    with ServerThread(PolicyServer(policy, cfg)):
+        connecting.join(30)
+        assert clients[0].infer(obs)["actions"].shape == (2, 4)
+    with ServerThread(PolicyServer(policy, cfg)):  # a restarted server: the next call reconnects
+        assert np.array_equal(clients[0].infer(obs)["actions"], in_process(policy, obs))
+    clients[0].close()

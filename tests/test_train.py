@@ -109,3 +109,12 @@ def test_two_process_run_ends_with_identical_parameters(tiny_model_dir, dataset,
     assert torch.equal(p0, p1)
     start = torch.cat([p.flatten() for p in load_file(tiny_model_dir / "model.safetensors").values()])
     assert p0.numel() == start.numel() and not torch.equal(p0.sort().values, start.sort().values)
+
+
+def test_bf16_autocast_and_cosine_schedule_run(tiny_model_dir, dataset, tmp_path):
+    trainer = Trainer(config(tiny_model_dir, dataset, tmp_path / "bf16", steps=4, precision="bf16",
+                             schedule="cosine", warmup_steps=2))
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log)
+    assert [round(r["lr"] / 3e-3, 3) for r in log] == [0.5, 1.0, 0.5, 0.0]  # warm-up, then cosine to 0

@@ -78,7 +78,8 @@ def run_quickstart(out: Path, cfg: QuickstartConfig | None = None, progress: boo
     for name, make in policies.items():
         folder = out / "eval" / name
         phase(f"eval-{name}", (folder / "results.json").exists(), lambda: evaluate(
-            make(), cfg.tasks, cfg.eval_episodes, cfg.eval_seed, folder, progress=progress, **env_kwargs))
+            make(), cfg.tasks, cfg.eval_episodes, cfg.eval_seed, folder, progress=progress,
+            batch_envs=cfg.eval_episodes, **env_kwargs))
         results[name] = json.loads((folder / "results.json").read_text())
 
     write_text_atomic(out / "results.json", json.dumps(results["vla0"], indent=2))

@@ -115,9 +115,9 @@ class _KV:
 
 
 class _Row:
-    __slots__ = ("tokens", "numbers", "state", "pending", "pos", "draft", "seen", "passes", "cur_start")
+    __slots__ = ("tokens", "numbers", "state", "pending", "pos", "draft", "seen", "passes", "window", "refined")
 
-    def __init__(self, draft, seen):
+    def __init__(self, draft, seen, window):
         self.tokens: list[int] = []  # committed generated tokens
         self.numbers: list[int] = []  # completed numbers
         self.state = (0, "", False)
@@ -126,6 +126,8 @@ class _Row:
         self.draft = draft  # list of guessed numbers, or None
         self.seen = seen  # grammar-token columns present in prompt+output (repetition penalty)
         self.passes = 0
+        self.window = window  # draft tokens verified per pass (adapted to how much gets accepted)
+        self.refined: dict[int, int] = {}  # number index -> the model's own guess from the last pass
 
 
 class FastDecoder:
@@ -140,7 +142,7 @@ class FastDecoder:
 
     def __init__(self, model, tokenizer, grammar: ActionGrammar, encoder=None, *, prefix_cache: bool = True,
                  forced: bool = True, speculative: bool = True, lookup: bool = True, relaxed_k: int = 0,
-                 max_draft: int = 512, action_dim: int | None = None, repetition_penalty: float | None = None,
+                 max_draft: int = 256, min_draft: int = 8, adaptive: bool = True, refine: bool = True, action_dim: int | None = None, repetition_penalty: float | None = None,
                  max_prefixes: int = 8):
         self.model = model
         self.tokenizer = tokenizer
@@ -152,6 +154,9 @@ class FastDecoder:
         self.lookup = lookup
         self.relaxed_k = int(relaxed_k)
         self.max_draft = max_draft
+        self.min_draft = min(min_draft, max_draft)
+        self.adaptive = adaptive
+        self.refine = refine
         if action_dim is None and encoder is not None:
             action_dim = encoder.config.action_dim
         self.D = action_dim or 0
@@ -203,7 +208,7 @@ class FastDecoder:
         for p, d in zip(prompts, drafts):
             d = None if d is None else [min(max(int(v), 0), self.fsm.B) for v in d]
             seen = {self.fsm.col[t] for t in set(p.input_ids) if t in self.fsm.col} if penal else set()
-            rows.append(_Row(d, seen))
+            rows.append(_Row(d, seen, self.max_draft))
 
         # --- prefill: the prompt after the cached prefix, plus each row's draft ---------------
         B = len(prompts)
@@ -262,6 +267,11 @@ class FastDecoder:
                     row.pos += len(row.pending)
                     row.pending = []
                 accepted = self._verify(row, d, logits[offset: offset + len(d) + 1], call)
+                if self.adaptive and d:
+                    # all accepted: the draft is good, verify more next time; else about twice
+                    # what was accepted (a wrong digit ends the run; re-aligned drafts resume)
+                    row.window = (min(self.max_draft, 2 * row.window) if accepted == len(d)
+                                  else max(self.min_draft, min(self.max_draft, 2 * accepted + self.min_draft)))
                 offset += len(d) + 1
                 row.pos += accepted
                 keep.append(n_ctx[j] + accepted)
@@ -423,7 +433,7 @@ class FastDecoder:
         """Walk the draft against the model's greedy choices; commit the accepted draft tokens
         (cached), then the model's own next token and any forced tokens (pending). Returns the
         number of draft tokens accepted."""
-        accepted = 0
+        accepted, state0 = 0, row.state
         for j in range(len(draft) + 1):
             allowed = self.fsm.allowed(row.state)
             if len(allowed) == 1:
@@ -443,6 +453,8 @@ class FastDecoder:
             break
         call["draft_tokens"] += len(draft)
         call["accepted_tokens"] += accepted
+        if self.refine and accepted < len(draft) and not row.state[2]:
+            self._refine(row, draft, logits, state0, accepted)
         if self.forced:
             while not row.state[2]:
                 allowed = self.fsm.allowed(row.state)
@@ -451,6 +463,48 @@ class FastDecoder:
                 self._commit(row, allowed[0], cached=False)
                 call["forced_tokens"] += 1
         return accepted
+
+    def _refine(self, row: _Row, draft: list[int], logits, state, rejected: int) -> None:
+        """Jacobi-style re-drafting: past the first rejected token, the model's choices (made
+        given the draft, so only approximately its real ones) replace the drafted digits, number
+        by number. Independent mismatches (a last digit here and there) are then all fixed in
+        the next pass instead of one per pass. Only the draft changes: exactness is untouched."""
+        fsm = self.fsm
+        numbers: dict[int, list] = {}  # number -> [drafted digits, {digit place: choice}]
+        for j in range(len(draft) + 1):
+            done, cur, finished = state
+            if finished:
+                break
+            entry = numbers.setdefault(done, ["", {}])
+            if j > rejected:
+                allowed = fsm.allowed(state)
+                entry[1][len(cur)] = allowed[0] if len(allowed) == 1 else self._choose(row, allowed, logits[j])
+            if j == len(draft):
+                break
+            t = draft[j]
+            if t not in fsm.allowed(state):
+                break
+            if t in fsm.digit_of:
+                entry[0] += str(fsm.digit_of[t])
+            state = fsm.advance(state, t)
+        for n, (drafted, choices) in numbers.items():
+            if not choices or n < row.state[0]:
+                continue
+            out = ""
+            for k in range(len(drafted) + 1):
+                c = choices.get(k)
+                if c is None:
+                    if k == len(drafted):
+                        break
+                    out += drafted[k]
+                elif c in fsm.digit_of:
+                    out += str(fsm.digit_of[c])
+                    if k == len(drafted):
+                        break
+                else:
+                    break
+            if out:
+                row.refined[n] = min(int(out), fsm.B)
 
     def _draft_tokens(self, row: _Row) -> list[int]:
         """Tokens guessed for what follows the row's committed text, number by number."""
@@ -466,8 +520,10 @@ class FastDecoder:
                 return numbers[m]
             if m in memo:
                 return memo[m]
-            v = None
-            if draft is not None and m < len(draft):
+            v = row.refined.get(m)
+            if v is not None:
+                pass
+            elif draft is not None and m < len(draft):
                 v = draft[m]
             elif self.lookup and D and m >= D:
                 v = value(m - D)
@@ -481,7 +537,7 @@ class FastDecoder:
         s = str(v)
         toks = [digits[int(c)] for c in s[len(cur):]] if len(s) > len(cur) else []
         m = done
-        limit = self.max_draft
+        limit = row.window
         while len(toks) < limit:
             if m + 1 >= N:
                 toks.append(self.fsm.end)

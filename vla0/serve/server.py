@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from vla0.config import IMAGE_PREFIX
 from vla0.ensemble import TemporalEnsembler
 from vla0.serve import protocol
 from vla0.serve.batching import Batcher
@@ -86,6 +85,7 @@ class PolicyServer:
             "protocol": PROTOCOL_VERSION, "horizon": pc.horizon, "action_dim": pc.action_dim,
             "num_bins": pc.num_bins, "cameras": list(pc.cameras), "image_keys": list(pc.image_keys),
             "image_size": pc.image_size, "image_layout": pc.image_layout,
+            "camera_shapes": pc.extra.get("camera_shapes", {}),
             "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
             "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "action_horizon": pc.action_horizon,
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,

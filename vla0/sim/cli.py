@@ -25,7 +25,7 @@ def cmd_collect(args) -> None:
     from vla0.sim.collect import collect
     out = collect(args.tasks, args.episodes, args.seed, Path(args.out), cameras=tuple(args.cameras),
                   image_size=args.image_size, num_workers=args.workers, keep_failures=args.keep_failures,
-                  progress=not args.no_progress, overwrite=args.overwrite)
+                  progress=not args.no_progress, overwrite=args.overwrite, visible_goal=args.visible_goal)
     print(f"wrote {out}")
 
 
@@ -34,7 +34,8 @@ def load_eval_policy(args):
     from vla0.eval.baselines import ExpertPolicy, RandomPolicy
     if args.server:
         from vla0.client import RemotePolicy
-        return RemotePolicy(args.server, api_key=args.api_key), None
+        remote = RemotePolicy(args.server, api_key=args.api_key)
+        return remote, (remote.metadata["cameras"], remote.metadata.get("camera_shapes", {}))
     if args.policy == "random":
         return RandomPolicy(seed=args.seed), None
     if args.policy == "expert":
@@ -42,7 +43,7 @@ def load_eval_policy(args):
     from vla0.policy.policy import VLA0Policy
     policy = VLA0Policy.from_pretrained(args.policy, ensemble=args.ensemble, action_horizon=args.action_horizon,
                                         temperature=args.temperature)
-    return policy, policy.config
+    return policy, (policy.config.cameras, policy.config.extra.get("camera_shapes", {}))
 
 
 def cmd_eval(args) -> None:
@@ -53,16 +54,20 @@ def cmd_eval(args) -> None:
         check_task(task)
     if not args.server and args.policy is None:
         raise ValueError("give --policy RUN_DIR|random|expert or --server ws://HOST:PORT")
-    policy, config = load_eval_policy(args)
+    policy, trained_on = load_eval_policy(args)
     cameras, size = args.cameras, args.image_size
-    if config is not None:  # render what the policy was trained on unless told otherwise
-        shapes = config.extra.get("camera_shapes", {})
-        cameras = cameras or config.cameras
+    if trained_on is not None:  # render what the policy was trained on unless told otherwise
+        trained_cameras, shapes = trained_on
+        cameras = cameras or trained_cameras
         size = size or tuple(next(iter(shapes.values()), (64, 64)))
-    results = evaluate(policy, args.tasks, args.episodes, args.seed, Path(args.out),
-                       cameras=tuple(cameras or ("corner3",)), image_size=tuple(size or (64, 64)),
-                       num_workers=args.workers, max_steps=args.max_steps, videos=args.videos,
-                       progress=not args.no_progress)
+    try:
+        results = evaluate(policy, args.tasks, args.episodes, args.seed, Path(args.out),
+                           cameras=tuple(cameras or ("corner3",)), image_size=tuple(size or (64, 64)),
+                           num_workers=args.workers, batch_envs=args.batch_envs, max_steps=args.max_steps,
+                           videos=args.videos, progress=not args.no_progress, visible_goal=args.visible_goal)
+    finally:
+        if hasattr(policy, "close"):
+            policy.close()
     print(f"mean success rate {results['mean_success_rate']:.3f}; wrote {args.out}/results.json")
 
 
@@ -81,13 +86,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="record scripted-expert demonstrations as a LeRobotDataset v3.0")
     p.add_argument("--env", default="metaworld")
     p.add_argument("--tasks", type=_names, required=True, help="comma-separated, e.g. reach-v3,drawer-open-v3")
-    p.add_argument("--episodes", type=int, required=True, help="successful episodes per task")
+    p.add_argument("--episodes", type=int, required=True,
+                   help="expert attempts per task (seeds seed..seed+N-1); failed attempts are dropped")
     p.add_argument("--seed", type=int, default=0, help="episode e of a task uses seed + e")
     p.add_argument("--out", required=True)
     p.add_argument("--cameras", type=_names, default=["corner3", "topview"])
     p.add_argument("--image-size", type=_size, default=(64, 64), help="HxW per camera")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--keep-failures", action="store_true")
+    p.add_argument("--no-visible-goal", dest="visible_goal", action="store_false",
+                   help="keep Meta-World's tiny goal marker instead of a larger green one (rendering only)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_collect)
@@ -109,6 +117,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--videos", type=int, default=2, help="rollout videos per task")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-envs", type=int, default=None, help="episodes run in lockstep (one batched model call)")
+    p.add_argument("--no-visible-goal", dest="visible_goal", action="store_false",
+                   help="keep Meta-World's tiny goal marker (must match how the demos were collected)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -32,6 +32,7 @@ def quiet_expert(expert, state: np.ndarray) -> np.ndarray:
         warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
         return expert.get_action(state)
 
+
 TASKS: list[str] = sorted(t for t in ALL_V3_ENVIRONMENTS if t in ENV_POLICY_MAP and t in INSTRUCTIONS)
 CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "gripperPOV", "behindGripper")
 FPS = 80  # model timestep 0.0025 s x frame_skip 5 = 12.5 ms per env step

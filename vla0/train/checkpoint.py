@@ -14,6 +14,7 @@ TRAINER_STATE = "trainer_state.pt"
 
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -23,6 +24,7 @@ def save_atomic(folder: Path, write) -> Path:
     """Call write(tmp_folder), then rename tmp_folder to folder (replacing an older one)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would follow the folder after the rename
     try:
         write(tmp)
         if folder.exists():

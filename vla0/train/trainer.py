@@ -102,8 +102,9 @@ class Trainer:
         info = check_config(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-                               cpu=not torch.cuda.is_available())
+        # bf16 autocast is applied by hand: accelerate's mixed_precision is process-global state
+        # that refuses a second Trainer with another precision in the same process.
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
         cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
         data = load_lerobot(Path(cfg.dataset), cameras=cameras)
         self.policy_config = PolicyConfig(
@@ -112,6 +113,7 @@ class Trainer:
             image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
             action_horizon=cfg.action_horizon, ensemble=cfg.ensemble, base_model=str(cfg.model),
             extra={"dataset": str(cfg.dataset), "train": asdict(cfg),
+                   "state_dim": 0 if data.state is None else int(data.state.shape[1]),
                    # the frame size each camera was recorded at, so evaluation renders the same
                    "camera_shapes": {c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras}})
         self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.horizon)
@@ -176,7 +178,8 @@ class Trainer:
             for k in range(cfg.grad_accum):
                 batch = {n: t.to(acc.device) for n, t in self.micro_batch(self.step * cfg.grad_accum + k).items()}
                 sync = k == cfg.grad_accum - 1
-                with acc.no_sync(self.model) if not sync else contextlib.nullcontext(), acc.autocast():
+                with (acc.no_sync(self.model) if not sync else contextlib.nullcontext(),
+                      torch.autocast(acc.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")):
                     loss = self.model(**batch).loss / cfg.grad_accum
                     acc.backward(loss)
                 total += loss.item()

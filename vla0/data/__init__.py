@@ -1,0 +1,1 @@
+"""LeRobotDataset reading/writing and video encoding."""
