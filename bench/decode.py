@@ -4,18 +4,19 @@
     python bench/decode.py --policy RUN_DIR --episodes-from DATASET     # also a real policy + dataset
 
 Setup. The paper's chunk shape (H=8, D=7, B=1000) needs a model trained for it, with real signal in
-every dimension, so the script first trains the embedded tiny Qwen2.5-VL (a few minutes, plain
-AdamW, vla0's PromptEncoder + ActionCodec) on a synthetic world: a disk moves around a circle,
-its position shows the phase theta, its colour an amplitude s; action dim j at step k is
-0.5 + 0.45 s sin(theta + k w + 2 pi j / D). Consecutive frames of an episode advance theta by w,
-so consecutive chunks overlap as in closed loop. The model is cached under --work.
+every dimension, so the script first trains the embedded tiny Qwen2.5-VL (2 layers, hidden 128; plain
+AdamW on vla0's PromptEncoder + ActionCodec, ~10-25 minutes on 2 CPU cores) on a synthetic world:
+a disk moves around a circle with phase theta and the background colour encodes (cos, sin) theta;
+action dim j at step k is 0.5 + 0.45 sin(theta + k w + 2 pi j / D). Consecutive frames of an episode
+advance theta by w, so consecutive chunks overlap as in closed loop. The model is cached under --work
+(--retrain, --train-more SECONDS to continue training it).
 
-Replay: episodes of consecutive frames, replanning at every step; the draft for step t is the
-chunk the same method predicted at step t-1 (its steps 2..H). Per chunk: wall time of decoding
-(prompts are encoded beforehand, image encoding by the vision tower is included), model forward
-passes (counted by a hook on the language model, so the baseline's and ours are counted alike),
-tokens per pass, and whether the bins equal the baseline's. Throughput: B episodes decoded
-together at batch size B.
+Replay: episodes of consecutive frames, replanning at every step; each method drafts from the chunk
+it predicted at the previous step (draft_candidates: shifted by 1, 0 and 2 steps). Every method
+decodes every observation in turn, so changes in machine load hit all alike. Per chunk: decode wall
+time (prompts encoded beforehand; the vision tower is included), model forward passes (a hook on the
+first decoder layer, counting generate's passes and ours alike), tokens per pass, and whether the
+bins equal the baseline's. Throughput: B episodes decoded together at batch size B.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vla0.codec import ActionCodec  # noqa: E402
 from vla0.config import PolicyConfig  # noqa: E402
 from vla0.model.tiny import build_model  # noqa: E402
 from vla0.model.vlm import load_vlm  # noqa: E402
-from vla0.policy.fast_decode import FastDecoder, draft_from_bins  # noqa: E402
+from vla0.policy.fast_decode import FastDecoder, draft_candidates, draft_from_bins  # noqa: E402
 from vla0.policy.policy import VLA0Policy  # noqa: E402
 from vla0.policy.grammar import GrammarLogitsProcessor  # noqa: E402
 from vla0.prompt import collate  # noqa: E402
@@ -77,10 +77,14 @@ def make_config(H: int, D: int, B: int) -> PolicyConfig:
 
 
 def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int = 0,
-                 batch_size: int = 16, lr: float = 3e-3) -> Path:
-    """Train the tiny model on the synthetic world for `seconds`; save a policy folder."""
+                 batch_size: int = 16, lr: float = 3e-3, resume: bool = False) -> Path:
+    """Train the tiny model on the synthetic world for `seconds` (from scratch, or on from the
+    model already in `folder`); save a policy folder."""
     torch.manual_seed(seed)
-    vlm = build_model("tiny", seed)
+    previous = json.loads((folder / "train_log.json").read_text()) if resume else None
+    vlm = load_vlm(folder) if resume else build_model("tiny", seed)
+    if resume:
+        seed += previous["steps"]
     cfg = make_config(H, D, B)
     policy = VLA0Policy(vlm, cfg)  # for its encoder and codec
     enc, codec = policy.encoder, policy.codec
@@ -113,6 +117,8 @@ def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int
     tmp = folder.with_name(folder.name + ".tmp")
     vlm.save_pretrained(tmp)
     cfg.save(tmp)
+    if previous:
+        step, seconds, log = step + previous["steps"], seconds + previous["seconds"], previous["loss"] + log
     (tmp / "train_log.json").write_text(json.dumps({"steps": step, "seconds": seconds, "loss": log}))
     if folder.exists():
         import shutil
@@ -132,17 +138,15 @@ def synthetic_episodes(n: int, steps: int, seed: int) -> list[list[tuple[list[np
 
 
 def dataset_episodes(path: str, policy: VLA0Policy, n: int, steps: int) -> list[list[tuple[list[np.ndarray], str]]]:
-    """Consecutive frames of the first n episodes of a LeRobot dataset (vla0's own loader)."""
-    from vla0.data.lerobot_dataset import load_lerobot  # written by the data owner
-    ds = load_lerobot(path)
-    keys = policy.config.image_keys
+    """Consecutive frames (from the start) of the first n episodes of a LeRobot dataset."""
+    from vla0.data.lerobot_dataset import load_lerobot
+    data = load_lerobot(Path(path), cameras=policy.config.image_keys)
     out = []
-    for ep in range(n):
-        frames = []
-        for t in range(steps):
-            item = ds.frame(ep, t) if hasattr(ds, "frame") else ds[ep * steps + t]
-            frames.append(([np.asarray(item[k]) for k in keys], item.get("task", "")))
-        out.append(frames)
+    for ep in data.episodes[:n]:
+        rows = range(ep.start, min(ep.end, ep.start + steps))
+        out.append([([data.images[k][r] for k in policy.config.image_keys], ep.task) for r in rows])
+    if len(out) < n:  # fewer episodes than asked: repeat them (batches need n)
+        out = (out * math.ceil(n / len(out)))[:n]
     return out
 
 
@@ -177,66 +181,80 @@ def model_accuracy(policy: VLA0Policy, episodes) -> dict:
 
 # -- methods ---------------------------------------------------------------------------------------
 class PassCounter:
+    """Counts forward passes of the language model (a hook on its first decoder layer, which
+    generate and FastDecoder both run once per pass; the vision tower is not counted)."""
+
     def __init__(self, model):
         self.count = 0
-        model.model.language_model.register_forward_pre_hook(self._hook)
+        model.model.language_model.layers[0].register_forward_pre_hook(self._hook)
 
     def _hook(self, *_):
         self.count += 1
 
 
-METHODS = {
+METHODS = {  # FastDecoder options per method; None = HF generate
     "baseline": None,
     "loop_only": dict(prefix_cache=False, forced=False, speculative=False),
     "prefix_cache": dict(prefix_cache=True, forced=False, speculative=False),
     "forced": dict(prefix_cache=False, forced=True, speculative=False),
     "spec_prev_chunk": dict(prefix_cache=False, forced=False, speculative=True, lookup=False),
     "spec_lookup": dict(prefix_cache=False, forced=False, speculative=True, lookup=True, use_prev=False),
-    "combined_exact": dict(prefix_cache=True, forced=True, speculative=True, lookup=True),
-    "combined_relaxed_k3": dict(prefix_cache=True, forced=True, speculative=True, lookup=True, relaxed_k=3),
+    "combined_exact": dict(),
+    "combined_exact_no_refine": dict(refine=False),
+    "combined_exact_one_draft": dict(candidates=False),
+    "combined_relaxed_k3": dict(relaxed_k=3),
 }
 
 
 def make_decoder(policy: VLA0Policy, spec: dict):
     spec = dict(spec)
     use_prev = spec.pop("use_prev", True)
+    if spec.pop("candidates", True) and use_prev:
+        use_prev = "candidates"
     dec = FastDecoder(policy.vlm.model, policy.vlm.tokenizer, policy.grammar, policy.encoder, **spec)
     return dec, use_prev
 
 
-def run_method(policy: VLA0Policy, name: str, episodes, batch: int, counter: PassCounter, reference=None):
-    """Replay episodes `batch` at a time. Returns per-chunk records and total wall time."""
-    spec = METHODS[name]
-    dec, use_prev = (None, False) if spec is None else make_decoder(policy, spec)
-    codec = policy.codec
-    records, bins_out, total = [], {}, 0.0
+def run_methods(policy: VLA0Policy, names: list[str], episodes, batch: int, counter: PassCounter):
+    """Replay episodes `batch` at a time, every method on every observation in turn (so a
+    change in machine load hits all methods alike). Each method drafts from its own previous
+    chunk. Returns {method: (per-chunk records, total decode seconds)}; `identical` compares
+    with the first method (the baseline)."""
+    decoders = {}
+    for name in names:
+        spec = METHODS[name]
+        decoders[name] = (None, False) if spec is None else make_decoder(policy, spec)
+    codec, tok = policy.codec, policy.vlm.tokenizer
+    out = {name: ([], 0.0) for name in names}
     for g in range(0, len(episodes), batch):
         group = list(range(g, min(g + batch, len(episodes))))
-        prev = {e: None for e in group}
-        steps = min(len(episodes[e]) for e in group)
-        for t in range(steps):
+        prev = {name: {e: None for e in group} for name in names}
+        for t in range(min(len(episodes[e]) for e in group)):
             prompts = [policy.encoder.prompt(*episodes[e][t]) for e in group]
-            drafts = [draft_from_bins(prev[e]) if (use_prev and prev[e] is not None) else None for e in group]
-            c0 = counter.count
-            t0 = time.perf_counter()
-            if dec is None:
-                texts = hf_generate(policy, prompts)
-            else:
-                texts = dec.decode(prompts, drafts)
-            dt = time.perf_counter() - t0
-            passes = counter.count - c0
-            total += dt
-            for j, e in enumerate(group):
-                chunk = codec.decode(texts[j])
-                bins = chunk.bins
-                ntok = len(policy.vlm.tokenizer.encode(texts[j], add_special_tokens=False)) + 1
-                row_passes = dec.last_row_passes[j] if dec is not None else passes
-                same = None if reference is None else bool(np.array_equal(bins, reference[(e, t)]))
-                records.append({"ms": dt * 1000 / len(group), "passes": passes if len(group) == 1 else row_passes,
-                                "tokens": ntok, "identical": same, "well_formed": chunk.well_formed})
-                bins_out[(e, t)] = bins
-                prev[e] = bins
-    return records, bins_out, total
+            reference = None
+            for name in names:
+                dec, use_prev = decoders[name]
+                make = draft_candidates if use_prev == "candidates" else draft_from_bins
+                drafts = [make(prev[name][e]) if (use_prev and prev[name][e] is not None) else None for e in group]
+                c0 = counter.count
+                t0 = time.perf_counter()
+                texts = hf_generate(policy, prompts) if dec is None else dec.decode(prompts, drafts)
+                dt = time.perf_counter() - t0
+                passes = counter.count - c0
+                records, total = out[name]
+                out[name] = (records, total + dt)
+                chunks = [codec.decode(text) for text in texts]
+                for j, e in enumerate(group):
+                    row_passes = passes if dec is None or len(group) == 1 else dec.last_row_passes[j]
+                    records.append({"ms": dt * 1000 / len(group), "passes": row_passes,
+                                    "tokens": len(tok.encode(texts[j], add_special_tokens=False)) + 1,
+                                    "identical": None if reference is None else
+                                    bool(np.array_equal(chunks[j].bins, reference[j].bins)),
+                                    "well_formed": chunks[j].well_formed})
+                    prev[name][e] = chunks[j].bins
+                if reference is None:
+                    reference = chunks
+    return out
 
 
 def summarize(records, total_s: float) -> dict:
@@ -262,15 +280,9 @@ def bench_policy(policy: VLA0Policy, episodes_for, n_episodes: int, steps: int, 
     episodes = episodes_for(n_episodes, steps)
     result = {"shape": {"H": H, "D": D, "B": B}, "episodes": len(episodes), "steps_per_episode": steps}
     print(f"[{label}] H={H} D={D} B={B}: {len(episodes)} episodes x {steps} steps", flush=True)
-    run_method(policy, "baseline", [episodes[0][:2]], 1, counter)  # warm-up
-    run_method(policy, "combined_exact", [episodes[0][:2]], 1, counter)
-    records, reference, total = run_method(policy, "baseline", episodes, 1, counter)
-    result["baseline"] = summarize(records, total)
-    print(f"  baseline: {result['baseline']}", flush=True)
-    for name in methods:
-        if name == "baseline":
-            continue
-        records, _, total = run_method(policy, name, episodes, 1, counter, reference)
+    names = ["baseline"] + [m for m in methods if m != "baseline"]
+    run_methods(policy, names, [episodes[0][:2]], 1, counter)  # warm-up
+    for name, (records, total) in run_methods(policy, names, episodes, 1, counter).items():
         result[name] = summarize(records, total)
         print(f"  {name}: {result[name]}", flush=True)
     base, comb = result["baseline"], result["combined_exact"]
@@ -281,10 +293,8 @@ def bench_policy(policy: VLA0Policy, episodes_for, n_episodes: int, steps: int, 
     throughput = {}
     for b in batches:
         eps = episodes_for(b, max(2, chunks_per_batch // b))  # b different episodes, decoded together
-        row, ref = {}, None
-        for name in ("baseline", "combined_exact"):
-            records, bins, total = run_method(policy, name, eps, b, counter, ref)
-            ref = bins if name == "baseline" else ref
+        row = {}
+        for name, (records, total) in run_methods(policy, ["baseline", "combined_exact"], eps, b, counter).items():
             s = summarize(records, total)
             row[name] = {k: s[k] for k in ("chunks_per_s", "chunks", "identical_fraction", "forward_passes_median")
                          if k in s}
@@ -297,8 +307,9 @@ def bench_policy(policy: VLA0Policy, episodes_for, n_episodes: int, steps: int, 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "tmp" / "bench_decode"), help="where the trained model is cached")
-    ap.add_argument("--train-seconds", type=float, default=420.0)
+    ap.add_argument("--train-seconds", type=float, default=1200.0)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--train-more", type=float, default=0.0, help="seconds of further training of the cached model")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--episodes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=16)
@@ -307,23 +318,36 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--policy", help="also benchmark this policy / run folder (e.g. the quickstart checkpoint)")
     ap.add_argument("--episodes-from", help="LeRobot dataset whose episodes are replayed for --policy")
+    ap.add_argument("--only-policy", action="store_true", help="skip the synthetic paper-shape run; the result "
+                    "goes to 'quickstart' of the existing --out file")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    methods = args.methods.split(",")
+    batches = [int(b) for b in args.batches.split(",") if b]
+    out = Path(args.out)
+    if args.only_policy:
+        if not (args.policy and args.episodes_from):
+            raise SystemExit("--only-policy needs --policy and --episodes-from")
+        result = json.loads(out.read_text()) if out.exists() else {}
+        result["quickstart"] = bench_real_policy(args, batches)
+        write_json(out, result)
+        return
     H, D, B = 8, 7, 1000
     folder = Path(args.work) / f"tiny_circle_H{H}_D{D}_B{B}"
     if args.retrain or not (folder / "vla0_policy.json").exists():
         print(f"training the tiny model for {args.train_seconds:.0f}s -> {folder}", flush=True)
         train_policy(folder, H, D, B, args.train_seconds)
+    elif args.train_more > 0:
+        print(f"training the cached model {args.train_more:.0f}s more", flush=True)
+        train_policy(folder, H, D, B, args.train_more, lr=1.5e-3, resume=True)
     if args.train_only:
         return
     policy = VLA0Policy.from_pretrained(folder)
-    methods = args.methods.split(",")
-    batches = [int(b) for b in args.batches.split(",") if b]
     result = {"device": "cpu", "torch_threads": torch.get_num_threads(), "model": "embedded tiny Qwen2.5-VL "
               f"(2 layers, hidden 128) trained {json.loads((folder / 'train_log.json').read_text())['steps']} steps"
               " on the synthetic circle world"}
-    result["model_accuracy"] = model_accuracy(policy, synthetic_episodes(2, 4, args.seed + 100))
+    result["model_accuracy"] = model_accuracy(policy, synthetic_episodes(4, 4, args.seed + 100))
 
     def synthetic(n, steps, _seed=[args.seed]):
         _seed[0] += 1
@@ -331,13 +355,21 @@ def main(argv=None) -> None:
 
     result.update(bench_policy(policy, synthetic, args.episodes, args.steps, batches, "paper shape", methods))
     if args.policy:
-        if not args.episodes_from:
-            raise SystemExit("--policy needs --episodes-from DATASET to replay")
-        qp = VLA0Policy.from_pretrained(args.policy)
-        result["quickstart"] = bench_policy(
-            qp, lambda n, steps: dataset_episodes(args.episodes_from, qp, n, steps), args.episodes, args.steps,
-            batches, "quickstart", ["baseline", "combined_exact"])
-    out = Path(args.out)
+        result["quickstart"] = bench_real_policy(args, batches)
+    write_json(out, result)
+
+
+def bench_real_policy(args, batches: list[int]) -> dict:
+    if not args.episodes_from:
+        raise SystemExit("--policy needs --episodes-from DATASET to replay")
+    policy = VLA0Policy.from_pretrained(args.policy)
+    result = bench_policy(policy, lambda n, steps: dataset_episodes(args.episodes_from, policy, n, steps),
+                          args.episodes, args.steps, batches, "quickstart", ["baseline", "combined_exact"])
+    result["policy"], result["dataset"] = str(args.policy), str(args.episodes_from)
+    return result
+
+
+def write_json(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))

@@ -29,3 +29,17 @@ def tiny_policy_dir(tiny_model_dir, tmp_path_factory):
                  action_stats={"min": [-1.0] * 4, "max": [1.0] * 4}, image_size=[32, 32],
                  ensemble=2).save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def metaworld_policy_dir(tiny_model_dir, tmp_path_factory):
+    """An untrained policy for Meta-World: corner3 recorded at 32x32, 4-dim actions in [-1, 1]."""
+    import shutil
+
+    from vla0.config import PolicyConfig
+    folder = tmp_path_factory.mktemp("policies") / "metaworld"
+    shutil.copytree(tiny_model_dir, folder)
+    PolicyConfig(action_dim=4, cameras=["corner3"], horizon=2, num_bins=100, image_size=[32, 32],
+                 action_stats={"min": [-1.0] * 4, "max": [1.0] * 4}, ensemble=2,
+                 extra={"camera_shapes": {"corner3": [32, 32]}}).save(folder)
+    return folder

@@ -103,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int, default=0)
     p.set_defaults(func=cmd_predict)
 
+    from vla0.rl.cli import add_parser as add_rl
     from vla0.serve.cli import add_parser as add_serve
     from vla0.sim.cli import add_parsers as add_sim
     add_sim(sub)
+    add_rl(sub)
     add_serve(sub)
     return parser
 

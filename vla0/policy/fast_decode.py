@@ -1,34 +1,40 @@
 """Fast exact decoding of VLA-0 action text: the same tokens as greedy `generate` under the
 digit grammar (vla0.policy.grammar), in far fewer model forward passes.
 
-Four techniques, each switchable (the benchmark in bench/decode.py measures them one by one):
+Techniques, each switchable (bench/decode.py measures them one by one):
 
-* prefix cache: the KV of what precedes the first image (system prompt, "<|im_start|>user\\n
-  <|vision_start|>") is computed once, stored, and copied into every batch; `reset()` drops it
-  (call it after the weights change).
+* prefix cache: the KV of what precedes the first image (system prompt, "<|im_start|>user\n
+  <|vision_start|>") is computed once, kept (LRU by token ids) and copied into every batch.
+  `reset()` drops it: call it after the weights change.
 * forced tokens: a token the grammar forces (the space after a number that cannot grow without
-  exceeding B or that is "0", the end-of-turn after the N-th number) is appended without asking
-  the model; it is fed with the next forward pass. The count of numbers is the grammar's.
-* speculative decoding: a draft of the rest of the chunk is verified in the same forward pass
-  that feeds the pending tokens; the longest prefix that equals the model's greedy
-  (grammar-constrained) choice is accepted, plus the model's own next token. Drafts are made
-  per *number*: number m of the new chunk is guessed as number m of the caller's draft (the
-  previous chunk shifted by one control step: `draft_from_bins(prev_bins)`), else as number m-D
-  (the same dimension one step earlier: a prompt-lookup draft that needs no previous chunk).
-  After a mismatch the draft is re-aligned at the next number boundary, so one wrong digit
-  costs one extra pass, not the rest of the chunk.
+  exceeding B or that is "0", the <|im_end|> after the N-th number) is appended without asking
+  the model and fed with the next pass. The count of numbers is the grammar's.
+* speculative decoding: a draft of what follows is verified in the same forward pass that feeds
+  the pending tokens (the first pass carries the prompt too); the longest prefix equal to the
+  model's greedy grammar-constrained choices is accepted, plus the model's own next token.
+  Drafts are built per *number*, so after a mismatch they re-align at the next number:
+    - the caller's draft: the previous chunk shifted by the executed steps
+      (`draft_from_bins(prev_bins)` = prev[1:] flattened), or several alternatives
+      (`draft_candidates(prev_bins)`: shifted by 1, 0 and 2 steps) of which the one that
+      matches the numbers written so far is followed;
+    - prompt lookup: number m guessed as number m-D (the same dimension one step earlier),
+      for the last step and when there is no previous chunk;
+    - re-drafting (Jacobi style): past a rejected token, the model's own choices from that pass
+      replace the drafted digits, so scattered wrong last digits are fixed in one more pass.
 * relaxed acceptance (`relaxed_k > 0`, off by default, NOT exact): a drafted digit is kept when
   the model's digit at that place changes the number by at most k bins.
 
-Batching: all rows' pending+draft tokens go through one padded forward pass. Each row keeps its
-own rope positions; the KV columns of a row's rejected draft tokens stay in the shared cache but
-are masked out for that row by a per-row validity mask (trailing columns no row needs are cropped,
-finished rows leave the batch). Only the 12 grammar tokens' logits are computed (lm_head rows).
+Batching: all rows' pending + draft tokens go through one padded forward pass with per-row rope
+positions. The KV columns of a row's rejected draft tokens stay in the shared cache, masked for
+that row; after each pass finished rows leave the batch and every row's valid columns are packed
+to the left (order is irrelevant once rope is applied), so the cache never carries garbage for
+long. Only the 12 grammar tokens' logits are computed (the matching lm_head rows).
 
 Exactness: greedy choices equal `generate`'s up to floating-point rounding (a different batch
 layout and kernel shapes change logits in the last bits, so an exact tie between two digits can
-break differently; a trained model is never that close). The generation config's
-repetition_penalty, which `generate` applies, is applied the same way here.
+break differently; trained models are never that close). The generation config's
+repetition_penalty, which `generate` applies, is applied the same way here. Greedy only:
+sampling stays with `generate`.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class _GrammarFSM:
         self.ids = sorted(set(self.digit_ids) | {self.space, self.end})  # vocab order: argmax ties
         self.col = {t: i for i, t in enumerate(self.ids)}
         self._memo: dict[tuple[bool, str], tuple[int, ...]] = {}
+        self._masks: dict[tuple, np.ndarray] = {}
+        self.ids_arr = np.asarray(self.ids)
 
     def allowed(self, state) -> tuple[int, ...]:
         """Allowed token ids, ascending."""
@@ -79,6 +87,16 @@ class _GrammarFSM:
                 toks.append(self.end if last else self.space)
             out = self._memo[key] = tuple(sorted(toks))
         return out
+
+    def mask(self, state) -> np.ndarray:
+        """Allowed tokens as a boolean vector over self.ids."""
+        key = (state[2], state[0] + 1 >= self.N, state[1])
+        m = self._masks.get(key)
+        if m is None:
+            m = np.zeros(len(self.ids), bool)
+            m[[self.col[t] for t in self.allowed(state)]] = True
+            self._masks[key] = m
+        return m
 
     def advance(self, state, tok: int):
         done, cur, finished = state
@@ -109,6 +127,12 @@ class _KV:
         for kv in self.layers:
             kv[0], kv[1] = kv[0][..., :length, :], kv[1][..., :length, :]
 
+    def gather(self, columns: torch.Tensor) -> None:
+        """Keep, per row, the given columns (rows, width) in that order."""
+        for kv in self.layers:
+            idx = columns[:, None, :, None].expand(-1, kv[0].shape[1], -1, kv[0].shape[-1])
+            kv[0], kv[1] = kv[0].gather(2, idx), kv[1].gather(2, idx)
+
     def select(self, rows: torch.Tensor) -> None:
         for kv in self.layers:
             kv[0], kv[1] = kv[0][rows], kv[1][rows]
@@ -123,7 +147,7 @@ class _Row:
         self.state = (0, "", False)
         self.pending: list[int] = []  # committed tokens whose KV is not cached yet
         self.pos = 0  # rope position of the first pending token
-        self.draft = draft  # list of guessed numbers, or None
+        self.draft = draft  # alternative lists of guessed numbers, or None
         self.seen = seen  # grammar-token columns present in prompt+output (repetition penalty)
         self.passes = 0
         self.window = window  # draft tokens verified per pass (adapted to how much gets accepted)
@@ -133,8 +157,17 @@ class _Row:
 class FastDecoder:
     """Exact, batched, speculative decoder for VLA-0 action text.
 
-    decoder = FastDecoder(vlm.model, vlm.tokenizer, grammar, encoder)
-    texts = decoder.decode(prompts, drafts)   # drafts[i]: draft_from_bins(prev_bins_i) or None
+        decoder = FastDecoder(vlm.model, vlm.tokenizer, grammar, encoder)
+        texts = decoder.decode(prompts, drafts)  # as VLA0Policy.generate_text(prompts)
+
+    prompts: PromptEncoder.prompt(...) results. drafts[i]: None, a flat list of guessed numbers
+    (draft_from_bins(prev_bins)), or a list of alternatives (draft_candidates(prev_bins)).
+    Options: prefix_cache, forced, speculative (drafting at all), lookup (number m-D drafts),
+    refine (re-drafting from the model's choices), relaxed_k (inexact; 0 = off), max_draft /
+    first_draft (draft tokens per row per pass, in later passes / in the first one),
+    batch_draft_tokens (cap per pass shared by the rows; None = no cap), adaptive (grow/shrink
+    the window with acceptance). `stats` accumulates counts over calls, `last_stats` holds the
+    last call's, `last_row_passes` the passes each row of the last call took part in.
     """
 
     STAT_KEYS = ("chunks", "forward_passes", "prefix_passes", "tokens", "forced_tokens",
@@ -142,8 +175,10 @@ class FastDecoder:
 
     def __init__(self, model, tokenizer, grammar: ActionGrammar, encoder=None, *, prefix_cache: bool = True,
                  forced: bool = True, speculative: bool = True, lookup: bool = True, relaxed_k: int = 0,
-                 max_draft: int = 256, min_draft: int = 8, adaptive: bool = True, refine: bool = True, action_dim: int | None = None, repetition_penalty: float | None = None,
-                 max_prefixes: int = 8):
+                 refine: bool = True, max_draft: int = 64, first_draft: int = 256, min_draft: int = 8,
+                 alt_draft: int = 32, adaptive: bool = False, batch_draft_tokens: int | None = 256,
+                 action_dim: int | None = None,
+                 repetition_penalty: float | None = None, max_prefixes: int = 8):
         self.model = model
         self.tokenizer = tokenizer
         self.grammar = grammar
@@ -154,9 +189,16 @@ class FastDecoder:
         self.lookup = lookup
         self.relaxed_k = int(relaxed_k)
         self.max_draft = max_draft
+        self.first_draft = first_draft
         self.min_draft = min(min_draft, max_draft)
         self.adaptive = adaptive
         self.refine = refine
+        self.batch_draft_tokens = batch_draft_tokens
+        self.alt_draft = alt_draft
+        self.pack_min = 32  # masked cache columns tolerated before packing (tests set 0)
+        lm = model.model.language_model
+        self._direct = all(hasattr(lm, a) for a in ("layers", "rotary_emb", "norm", "embed_tokens")) and \
+            all(t in ("full_attention", "sliding_attention") for t in getattr(lm.config, "layer_types", ["?"]))
         if action_dim is None and encoder is not None:
             action_dim = encoder.config.action_dim
         self.D = action_dim or 0
@@ -182,6 +224,10 @@ class FastDecoder:
     def draft_from_bins(prev_bins, shift: int = 1) -> list[int]:
         return draft_from_bins(prev_bins, shift)
 
+    @staticmethod
+    def draft_candidates(prev_bins, shift: int = 1) -> list[list[int]]:
+        return draft_candidates(prev_bins, shift)
+
     def decode(self, prompts, drafts=None) -> list[str]:
         """Action text per prompt (Encoded from PromptEncoder.prompt), as `generate_text` returns it."""
         ids = self.decode_ids(prompts, drafts)
@@ -189,8 +235,9 @@ class FastDecoder:
 
     @torch.no_grad()
     def decode_ids(self, prompts, drafts=None) -> list[list[int]]:
-        """Generated token ids per prompt, ending with <|im_end|>. drafts[i] is a list of guessed
-        numbers for the new chunk (any length; e.g. the previous chunk's bins[1:] flattened) or None."""
+        """Generated token ids per prompt, ending with <|im_end|>. drafts[i]: None, a list of
+        guessed numbers for the new chunk (any length; e.g. the previous chunk's bins[1:]
+        flattened), or a list of such lists (alternatives, the first preferred)."""
         if not prompts:
             return []
         drafts = list(drafts) if drafts is not None else [None] * len(prompts)
@@ -206,9 +253,9 @@ class FastDecoder:
         penal = self.repetition_penalty != 1.0
         rows = []
         for p, d in zip(prompts, drafts):
-            d = None if d is None else [min(max(int(v), 0), self.fsm.B) for v in d]
+            d = self._candidates(d)
             seen = {self.fsm.col[t] for t in set(p.input_ids) if t in self.fsm.col} if penal else set()
-            rows.append(_Row(d, seen, self.max_draft))
+            rows.append(_Row(d, seen, self.first_draft))
 
         # --- prefill: the prompt after the cached prefix, plus each row's draft ---------------
         B = len(prompts)
@@ -216,82 +263,112 @@ class FastDecoder:
         for row, p in zip(rows, prompts):
             pos = self._rope_positions(p, device)  # (3, len)
             ctx_ids.append(list(p.input_ids[prefix_len:]))
-            ctx_pos.append(pos[:, prefix_len:])
+            ctx_pos.append(pos[:, prefix_len:].cpu().numpy())
             row.pos = int(pos.max()) + 1
         if prefix_kv is not None:
             cache = _KV([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv])
             valid = torch.ones(B, prefix_len, dtype=torch.bool, device=device)
         else:
-            empty = torch.zeros(B, lm.config.num_key_value_heads, 0, self._head_dim(), dtype=weight.dtype, device=device)
+            empty = torch.zeros(B, lm.config.num_key_value_heads, 0, self._head_dim(),
+                                dtype=weight.dtype, device=device)
             cache = _KV([(empty, empty) for _ in range(lm.config.num_hidden_layers)])
             valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
-        drafted = [self._draft_tokens(r) for r in rows]
+        budget = self._budget(B, first=True)
+        drafted = [self._branches(r, budget) for r in rows]
         images = (torch.cat([p.pixel_values for p in prompts]).to(device),
                   torch.cat([p.image_grid_thw for p in prompts]).to(device))
         active = list(range(B))
         first = True
         while active:
-            feeds, positions, n_ctx = [], [], []
+            # each row feeds its context (the prompt, then its pending tokens) and its draft
+            # branches side by side; a branch sees the context and itself only
+            feeds, positions, segments, n_ctx = [], [], [], []
             for j, i in enumerate(active):
                 row = rows[i]
-                if first:
-                    ctx, cpos = ctx_ids[i], ctx_pos[i]
-                else:
-                    ctx = row.pending
-                    cpos = None
-                d = drafted[i]
-                feeds.append(ctx + d)
+                ctx = ctx_ids[i] if first else row.pending
+                start = row.pos if first else row.pos + len(ctx)
+                toks, seg = list(ctx), [0] * len(ctx)
+                pos = [ctx_pos[i]] if first else [np.arange(row.pos, start)]
+                for b, branch in enumerate(drafted[i]):
+                    toks += branch
+                    seg += [b + 1] * len(branch)
+                    pos.append(np.arange(start, start + len(branch)))
+                feeds.append(toks)
+                segments.append(seg)
+                positions.append(np.concatenate([np.broadcast_to(q, (3, q.shape[-1])) for q in pos], axis=1))
                 n_ctx.append(len(ctx))
-                start = row.pos
-                tail = torch.arange(start, start + len(d) + (0 if first else len(ctx)), device=device)
-                if first:
-                    positions.append(torch.cat([cpos, tail.expand(3, -1)], dim=1))
-                else:
-                    positions.append(tail.expand(3, -1))
-            hidden = self._forward(lm, feeds, positions, cache, valid, images if first else None, device)
+            hidden = self._forward(lm, feeds, positions, segments, cache, valid, images if first else None, device)
             call["forward_passes"] += 1
-            # logits of the grammar tokens at every position where a decision is made
+            # logits of the grammar tokens wherever a decision is made: the last context token,
+            # then after every draft token of every branch
             index = []
             for j, i in enumerate(active):
-                base = n_ctx[j] - 1
-                index.extend((j, base + t) for t in range(len(drafted[i]) + 1))
+                o = n_ctx[j]
+                for branch in drafted[i]:
+                    index.append((j, n_ctx[j] - 1))
+                    index.extend((j, o + t) for t in range(len(branch)))
+                    o += len(branch)
             rows_t = torch.tensor(index, device=device)
             logits = torch.nn.functional.linear(hidden[rows_t[:, 0], rows_t[:, 1]], weight, bias)
             logits = logits.float().cpu().numpy()
             keep, offset = [], 0
             for j, i in enumerate(active):
                 row = rows[i]
-                d = drafted[i]
                 row.passes += 1
                 if not first:
                     row.pos += len(row.pending)
                     row.pending = []
-                accepted = self._verify(row, d, logits[offset: offset + len(d) + 1], call)
-                if self.adaptive and d:
+                best, o = None, n_ctx[j]
+                for branch in drafted[i]:
+                    states, choices = self._choices(row, branch, logits[offset: offset + len(branch) + 1])
+                    a = self._accepted(branch, states, choices)
+                    if best is None or a > best[0]:
+                        best = (a, branch, states, choices, o)
+                    offset += len(branch) + 1
+                    o += len(branch)
+                accepted, branch, states, choices, o = best
+                self._verify(row, branch, states, choices, accepted, call)
+                call["draft_tokens"] += sum(len(b) for b in drafted[i])
+                d = drafted[i][0] if drafted[i] else []
+                if not self.adaptive:
+                    row.window = self.max_draft
+                elif d:
                     # all accepted: the draft is good, verify more next time; else about twice
                     # what was accepted (a wrong digit ends the run; re-aligned drafts resume)
                     row.window = (min(self.max_draft, 2 * row.window) if accepted == len(d)
                                   else max(self.min_draft, min(self.max_draft, 2 * accepted + self.min_draft)))
-                offset += len(d) + 1
                 row.pos += accepted
-                keep.append(n_ctx[j] + accepted)
+                keep.append(list(range(n_ctx[j])) + list(range(o, o + accepted)))
             first = False
-            # cache bookkeeping: columns of rejected draft tokens become invalid for their row
+            # cache bookkeeping: columns of rejected draft tokens become invalid for their row;
+            # finished rows leave; then each row's valid columns are packed to the left (their
+            # order is irrelevant: rope is already applied to the cached keys)
             L = hidden.shape[1]
-            new_valid = torch.arange(L, device=device)[None, :] < torch.tensor(keep, device=device)[:, None]
-            valid = torch.cat([valid, new_valid], dim=1)
-            used = int(valid.any(0).nonzero().max()) + 1 if valid.numel() else 0
-            if used < valid.shape[1]:
-                valid = valid[:, :used]
-                cache.crop(used)
+            new_valid = torch.zeros(len(keep), L, dtype=torch.bool)
+            for j, cols in enumerate(keep):
+                new_valid[j, cols] = True
+            valid = torch.cat([valid, new_valid.to(device)], dim=1)
             still = [j for j, i in enumerate(active) if not rows[i].state[2]]
+            if not still:
+                break
             if len(still) < len(active):
                 sel = torch.tensor(still, device=device, dtype=torch.long)
                 cache.select(sel)
                 valid = valid[sel]
                 active = [active[j] for j in still]
+            used = int(valid.any(0).nonzero().max()) + 1
+            if used < valid.shape[1]:  # a tail no row needs (at batch 1: the rejected draft)
+                cache.crop(used)
+                valid = valid[:, :used]
+            counts = valid.sum(1)
+            width = int(counts.max())
+            if used - width > (max(self.pack_min, used // 4) if self.pack_min else 0):  # worth a copy
+                order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]
+                cache.gather(order)
+                valid = torch.arange(width, device=device)[None, :] < counts[:, None]
+            budget = self._budget(len(active))
             for i in active:
-                drafted[i] = self._draft_tokens(rows[i])
+                drafted[i] = self._branches(rows[i], budget)
 
         for row in rows:
             call["tokens"] += len(row.tokens)
@@ -364,18 +441,23 @@ class FastDecoder:
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         return {"full_attention": mask, "sliding_attention": mask}
 
-    def _forward(self, lm, feeds, positions, cache: _KV, valid, images, device):
+    def _forward(self, lm, feeds, positions, segments, cache: _KV, valid, images, device):
+        """One forward pass over per-row token lists (padded to the longest) with their rope
+        positions (3, len) and segment ids (0 context, b > 0 draft branch b)."""
         B = len(feeds)
         L = max(len(f) for f in feeds)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        pos = torch.zeros(3, B, L, dtype=torch.long, device=device)
+        ids = np.full((B, L), self.pad_id, np.int64)
+        seg = np.full((B, L), -1, np.int64)
+        pos = np.zeros((3, B, L), np.int64)
         for j, (f, p) in enumerate(zip(feeds, positions)):
-            ids[j, :len(f)] = torch.tensor(f)
-            pos[:, j, :len(f)] = p
-            if len(f) < L:  # padding continues the row's positions (its outputs are ignored)
-                last = p[:, -1:] if len(f) else torch.zeros(3, 1, dtype=torch.long, device=device)
-                pos[:, j, len(f):] = last + torch.arange(1, L - len(f) + 1, device=device)
-        ids = ids.to(device)
+            n = len(f)
+            ids[j, :n] = f
+            seg[j, :n] = segments[j]
+            pos[:, j, :n] = p
+            if n < L:  # padding continues the row's positions (its outputs are ignored)
+                pos[:, j, n:] = (p[:, -1:] if n else 0) + np.arange(1, L - n + 1)
+        ids = torch.from_numpy(ids).to(device)
+        pos = torch.from_numpy(pos).to(device)
         embeds = lm.embed_tokens(ids)
         if images is not None:
             pixel_values, grid = images
@@ -384,11 +466,25 @@ class FastDecoder:
             image_mask = (ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(image_mask, feats)
         T = valid.shape[1]
-        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-        mask = torch.cat([valid[:, None, None, :].expand(B, 1, L, T), causal[None, None].expand(B, 1, L, L)], dim=-1)
-        out = lm(inputs_embeds=embeds, position_ids=pos, attention_mask=self._mask_dict(lm, mask, embeds.dtype),
-                 past_key_values=cache, use_cache=True)
-        return out.last_hidden_state
+        causal = np.tri(L, dtype=bool)
+        if seg.max() <= 1:  # context + at most one branch: plain causal
+            block = torch.from_numpy(causal)[None, None].expand(B, 1, L, L)
+        else:  # a token sees the context (segment 0) and its own branch; padding (-1) sees the context
+            same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+            block = torch.from_numpy(causal[None] & same)[:, None]
+        mask = torch.cat([valid[:, None, None, :].expand(B, 1, L, T), block.to(device)], dim=-1)
+        masks = self._mask_dict(lm, mask, embeds.dtype)
+        if not self._direct:
+            out = lm(inputs_embeds=embeds, position_ids=pos, attention_mask=masks, past_key_values=cache,
+                     use_cache=True)
+            return out.last_hidden_state
+        # the text model's own loop, without its wrapper (the same computation, less overhead)
+        hidden = embeds
+        rope = lm.rotary_emb(hidden, pos)
+        for i, layer in enumerate(lm.layers):
+            mask_i = masks[lm.config.layer_types[i]]
+            hidden = layer(hidden, attention_mask=mask_i, position_embeddings=rope, past_key_values=cache, use_cache=True)
+        return lm.norm(hidden)
 
     def _commit(self, row: _Row, tok: int, cached: bool) -> None:
         state = row.state
@@ -402,25 +498,68 @@ class FastDecoder:
         if not cached:
             row.pending.append(tok)
 
-    def _choose(self, row: _Row, allowed, logits_row) -> int:
-        if self.repetition_penalty != 1.0 and row.seen:
-            x = logits_row.copy()
+    def _choices(self, row: _Row, draft: list[int], logits: np.ndarray):
+        """The model's greedy grammar-constrained choice at every position of the draft, each
+        given the draft before it: (states before each position, chosen token ids). Stops after a
+        draft token the grammar rejects or that ends the chunk."""
+        fsm = self.fsm
+        states = [row.state]
+        for t in draft:
+            s = states[-1]
+            if s[2] or t not in fsm.allowed(s):
+                break
+            states.append(fsm.advance(s, t))
+        if states[-1][2]:
+            states.pop()
+        m = len(states)
+        x = logits[:m]
+        if self.repetition_penalty != 1.0:
+            seen = np.zeros((m, len(fsm.ids)), bool)
+            seen[:, list(row.seen)] = True
+            for j in range(1, m):
+                seen[j:, fsm.col[draft[j - 1]]] = True
             p = np.float32(self.repetition_penalty)
-            for c in row.seen:
-                x[c] = x[c] * p if x[c] < 0 else x[c] / p
-            logits_row = x
-        col = self.fsm.col
-        best, best_v = allowed[0], logits_row[col[allowed[0]]]
-        for t in allowed[1:]:
-            v = logits_row[col[t]]
-            if v > best_v:
-                best, best_v = t, v
-        return best
+            x = np.where(seen, np.where(x < 0, x * p, x / p), x)
+        masks = np.stack([fsm.mask(s) for s in states])
+        cols = np.argmax(np.where(masks, x, -np.inf), axis=1)  # first maximum: lowest token id, as generate
+        return states, fsm.ids_arr[cols].tolist()
 
-    def _relaxed_ok(self, row: _Row, draft, j: int, choice: int, allowed) -> bool:
+    def _accepted(self, draft: list[int], states, choices) -> int:
+        """How many leading draft tokens the model's choices accept."""
+        a = 0
+        for j, choice in enumerate(choices):
+            if j >= len(draft):
+                break
+            t = draft[j]
+            if not (t == choice or (self.relaxed_k > 0 and self._relaxed_ok(draft, j, choice, states[j]))):
+                break
+            a += 1
+        return a
+
+    def _verify(self, row: _Row, draft: list[int], states, choices, accepted: int, call) -> None:
+        """Commit the accepted draft tokens (cached), then the model's own next token and any
+        forced tokens (pending)."""
+        for t in draft[:accepted]:
+            self._commit(row, t, cached=True)
+        if accepted < len(choices):
+            self._commit(row, choices[accepted], cached=False)
+            call["model_tokens"] += 1
+        # (else the draft's <|im_end|> was accepted and the chunk is complete)
+        call["accepted_tokens"] += accepted
+        if self.refine and accepted < len(draft) and not row.state[2]:
+            self._refine(row, states, choices, accepted)
+        if self.forced:
+            while not row.state[2]:
+                allowed = self.fsm.allowed(row.state)
+                if len(allowed) != 1:
+                    break
+                self._commit(row, allowed[0], cached=False)
+                call["forced_tokens"] += 1
+
+    def _relaxed_ok(self, draft, j: int, choice: int, state) -> bool:
         t = draft[j]
         dig = self.fsm.digit_of
-        if t not in allowed or t not in dig or choice not in dig:
+        if t not in dig or choice not in dig or t not in self.fsm.allowed(state):
             return False
         rest = 0
         for u in draft[j + 1:]:
@@ -429,70 +568,36 @@ class FastDecoder:
             rest += 1
         return abs(dig[t] - dig[choice]) * 10 ** rest <= self.relaxed_k
 
-    def _verify(self, row: _Row, draft: list[int], logits, call) -> int:
-        """Walk the draft against the model's greedy choices; commit the accepted draft tokens
-        (cached), then the model's own next token and any forced tokens (pending). Returns the
-        number of draft tokens accepted."""
-        accepted, state0 = 0, row.state
-        for j in range(len(draft) + 1):
-            allowed = self.fsm.allowed(row.state)
-            if len(allowed) == 1:
-                choice = allowed[0]
-            else:
-                choice = self._choose(row, allowed, logits[j])
-            if j < len(draft):
-                t = draft[j]
-                if t == choice or (self.relaxed_k > 0 and self._relaxed_ok(row, draft, j, choice, allowed)):
-                    self._commit(row, t, cached=True)
-                    accepted += 1
-                    if row.state[2]:
-                        break
-                    continue
-            self._commit(row, choice, cached=False)
-            call["model_tokens"] += 1
-            break
-        call["draft_tokens"] += len(draft)
-        call["accepted_tokens"] += accepted
-        if self.refine and accepted < len(draft) and not row.state[2]:
-            self._refine(row, draft, logits, state0, accepted)
-        if self.forced:
-            while not row.state[2]:
-                allowed = self.fsm.allowed(row.state)
-                if len(allowed) != 1:
-                    break
-                self._commit(row, allowed[0], cached=False)
-                call["forced_tokens"] += 1
-        return accepted
-
-    def _refine(self, row: _Row, draft: list[int], logits, state, rejected: int) -> None:
+    def _refine(self, row: _Row, states, choices, rejected: int) -> None:
         """Jacobi-style re-drafting: past the first rejected token, the model's choices (made
         given the draft, so only approximately its real ones) replace the drafted digits, number
         by number. Independent mismatches (a last digit here and there) are then all fixed in
         the next pass instead of one per pass. Only the draft changes: exactness is untouched."""
         fsm = self.fsm
         numbers: dict[int, list] = {}  # number -> [drafted digits, {digit place: choice}]
-        for j in range(len(draft) + 1):
-            done, cur, finished = state
-            if finished:
-                break
-            entry = numbers.setdefault(done, ["", {}])
+        for j, (done, cur, _) in enumerate(states):
+            entry = numbers.get(done)
+            if entry is None:
+                entry = numbers[done] = ["", {}]
             if j > rejected:
-                allowed = fsm.allowed(state)
-                entry[1][len(cur)] = allowed[0] if len(allowed) == 1 else self._choose(row, allowed, logits[j])
-            if j == len(draft):
-                break
-            t = draft[j]
-            if t not in fsm.allowed(state):
-                break
-            if t in fsm.digit_of:
-                entry[0] += str(fsm.digit_of[t])
-            state = fsm.advance(state, t)
-        for n, (drafted, choices) in numbers.items():
-            if not choices or n < row.state[0]:
+                entry[1][len(cur)] = choices[j]
+            if j + 1 < len(states) and states[j + 1][0] == done:
+                entry[0] = states[j + 1][1]
+        current = row.state[0]
+        for n, (drafted, picked) in numbers.items():
+            if not picked or n < current:
                 continue
+            if any((c in fsm.digit_of) != (k < len(drafted)) for k, c in picked.items()):
+                # the model did not keep the drafted shape: past the next step's worth of
+                # numbers its choices are misaligned noise, and the old guess is contradicted
+                if n > current + max(1, self.D):
+                    row.refined.pop(n, None)
+                    continue
+            # the model's digit where it chose one, else the drafted one; a separator chosen
+            # inside the number ends it, a digit chosen after it lengthens it
             out = ""
             for k in range(len(drafted) + 1):
-                c = choices.get(k)
+                c = picked.get(k)
                 if c is None:
                     if k == len(drafted):
                         break
@@ -503,16 +608,79 @@ class FastDecoder:
                         break
                 else:
                     break
-            if out:
+            if out and (out[0] != "0" or out == "0"):
                 row.refined[n] = min(int(out), fsm.B)
 
-    def _draft_tokens(self, row: _Row) -> list[int]:
+    def _candidates(self, draft):
+        """None, one flat list of numbers, or several (alternatives, the first preferred)."""
+        if draft is None:
+            return None
+        arr = [np.asarray(c).reshape(-1) for c in draft] if _is_nested(draft) else [np.asarray(draft).reshape(-1)]
+        out = [[min(max(int(v), 0), self.fsm.B) for v in c] for c in arr if len(c)]
+        return out or None
+
+    def _pick_candidate(self, row: _Row):
+        """The draft candidate that best predicted the numbers written so far, and whether it
+        predicted the most recent ones exactly (then it is trusted over re-drafted guesses)."""
+        cands = row.draft
+        if not cands:
+            return None, False
+        done = len(row.numbers)
+        if done == 0:
+            return cands[0], True
+        if len(cands) == 1:
+            c = cands[0]
+            need = min(done, max(1, self.D))
+            return c, len(c) >= done and c[done - need:done] == row.numbers[done - need:]
+        lo = max(0, done - 2 * max(1, self.D))
+        recent = row.numbers[lo:done]
+        best, best_key = cands[0], None
+        for c in cands:
+            part = c[lo:done]
+            exact = sum(a == b for a, b in zip(part, recent))
+            key = (-exact, sum(abs(a - b) for a, b in zip(part, recent)) + 10**6 * (len(recent) - len(part)))
+            if best_key is None or key < best_key:
+                best, best_key = c, key
+        need = min(done, max(1, self.D))
+        trusted = len(best) >= done and best[done - need:done] == row.numbers[done - need:]
+        return best, trusted
+
+    def _budget(self, rows: int, first: bool = False) -> int:
+        """Draft tokens per row in a pass: batch_draft_tokens shared by the rows (at least
+        min_draft each); the first pass, which also carries the prompts, gets 4x."""
+        if not self.batch_draft_tokens:
+            return 1 << 30
+        return max(self.min_draft, (4 if first else 1) * self.batch_draft_tokens // max(1, rows))
+
+    def _branches(self, row: _Row, budget: int) -> list[list[int]]:
+        """Draft branches verified side by side: the main draft, plus the caller's other
+        alternatives that agree with all numbers written so far (shorter)."""
+        main = self._draft_tokens(row, budget)
+        out = [main]  # possibly empty: then only the next token is decided
+        cands = row.draft
+        if not self.speculative or not cands or len(cands) < 2 or self.alt_draft <= 0:
+            return out
+        chosen, _ = self._pick_candidate(row)
+        done = len(row.numbers)
+        for c in cands:  # alternatives that agree with every number written so far
+            if c is chosen or len(c) <= done or c[:done] != row.numbers:
+                continue
+            alt = self._draft_tokens(row, min(budget, self.alt_draft), candidate=c)
+            if alt and main[:len(alt)] != alt:
+                out.append(alt)
+        return out
+
+    def _draft_tokens(self, row: _Row, budget: int = 1 << 30, candidate=None) -> list[int]:
         """Tokens guessed for what follows the row's committed text, number by number."""
         if not self.speculative or row.state[2]:
             return []
         done, cur, _ = row.state
         N, D = self.fsm.N, self.D
-        numbers, draft = row.numbers, row.draft
+        numbers = row.numbers
+        if candidate is None:
+            draft, trusted = self._pick_candidate(row)
+        else:  # an alternative, taken as it is
+            draft, trusted = candidate, True
         memo: dict[int, int | None] = {}
 
         def value(m: int):
@@ -520,12 +688,14 @@ class FastDecoder:
                 return numbers[m]
             if m in memo:
                 return memo[m]
-            v = row.refined.get(m)
-            if v is not None:
-                pass
-            elif draft is not None and m < len(draft):
+            v = None
+            if draft is not None and m < len(draft) and trusted:
                 v = draft[m]
-            elif self.lookup and D and m >= D:
+            if v is None:
+                v = row.refined.get(m)
+            if v is None and draft is not None and m < len(draft):
+                v = draft[m]
+            if v is None and self.lookup and D and m >= D:
                 v = value(m - D)
             memo[m] = v
             return v
@@ -535,9 +705,16 @@ class FastDecoder:
             return []
         digits = self.fsm.digit_ids
         s = str(v)
+        if cur and not s.startswith(cur):
+            # the number being written already left the guess: take the first other guess that
+            # agrees with its digits (re-drafted, any alternative, the same dimension a step back)
+            others = [row.refined.get(done)] + [c[done] for c in row.draft or [] if done < len(c)]
+            if D and done >= D:
+                others.append(value(done - D))
+            s = next((str(o) for o in others if o is not None and str(o).startswith(cur)), s)
         toks = [digits[int(c)] for c in s[len(cur):]] if len(s) > len(cur) else []
         m = done
-        limit = row.window
+        limit = min(row.window, budget)
         while len(toks) < limit:
             if m + 1 >= N:
                 toks.append(self.fsm.end)
@@ -549,6 +726,20 @@ class FastDecoder:
                 break
             toks.extend(digits[int(c)] for c in str(v))
         return toks[:limit]
+
+
+def _is_nested(draft) -> bool:
+    if isinstance(draft, np.ndarray):
+        return False
+    return len(draft) > 0 and isinstance(draft[0], (list, tuple, np.ndarray))
+
+
+def draft_candidates(prev_bins, shift: int = 1) -> list[list[int]]:
+    """Alternative drafts from the previous chunk: shifted by the steps executed since it was
+    predicted (preferred), by one step less (the model repeated itself) and by one more."""
+    prev = np.asarray(prev_bins)
+    shifts = [shift] + [s for s in (shift - 1, shift + 1) if 0 <= s < len(prev)]
+    return [[int(v) for v in prev[s:].reshape(-1)] for s in shifts]
 
 
 def _first_update(cache: _KV):

@@ -17,6 +17,7 @@ from vla0.config import POLICY_FILE, PolicyConfig
 from vla0.ensemble import TemporalEnsembler
 from vla0.images import check_image
 from vla0.model.vlm import VLM, check_model_folder, load_processor, load_vlm
+from vla0.policy.fast_decode import FastDecoder, draft_candidates
 from vla0.policy.grammar import ActionGrammar, GrammarLogitsProcessor
 from vla0.prompt import PromptEncoder, collate
 
@@ -50,7 +51,7 @@ class VLA0Policy:
     needs_images = True
 
     def __init__(self, vlm: VLM, config: PolicyConfig, device: str | torch.device = "cpu",
-                 temperature: float = 0.0, name: str = "vla0"):
+                 temperature: float = 0.0, name: str = "vla0", fast_decode: bool = True):
         self.vlm = vlm
         self.config = config
         self.device = torch.device(device)
@@ -63,6 +64,10 @@ class VLA0Policy:
         self.bounds = (np.asarray(config.action_stats["min"], np.float32), np.asarray(config.action_stats["max"], np.float32))
         self.malformed_outputs = 0
         self._since_chunk: dict[int, int] = {}
+        self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk
+        # Greedy decoding: exact fast decoder (same tokens as generate); sampling: HF generate.
+        self.decoder = (FastDecoder(vlm.model, vlm.tokenizer, self.grammar, self.encoder)
+                        if fast_decode and temperature == 0 else None)
         self.vlm.model.eval()
 
     @classmethod
@@ -82,20 +87,28 @@ class VLA0Policy:
         self.ensembler.reset(env_ids)
         if env_ids is None:
             self._since_chunk.clear()
+            self._last_bins.clear()
         for i in env_ids or []:
             self._since_chunk.pop(int(i), None)
+            self._last_bins.pop(int(i), None)
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs: dict) -> np.ndarray:
-        """(B, H, D) float32 chunks, clipped to the dataset's action bounds."""
+    def predict_action_chunk(self, obs: dict, env_ids=None) -> np.ndarray:
+        """(B, H, D) float32 chunks, clipped to the dataset's action bounds. With env_ids, each
+        env's previous chunk (shifted by the steps executed since) drafts its new one."""
         frames, tasks = self._validate(obs)
         prompts = [self.encoder.prompt([f[i] for f in frames], tasks[i]) for i in range(len(tasks))]
-        texts = self.generate_text(prompts)
+        drafts = None
+        if env_ids is not None:
+            drafts = [self._draft(int(e)) for e in env_ids]
+        texts = self.generate_text(prompts, drafts)
         chunks = []
-        for text in texts:
+        for j, text in enumerate(texts):
             decoded = self.codec.decode(text)
             self.malformed_outputs += not decoded.well_formed
             chunks.append(decoded.actions)
+            if env_ids is not None:
+                self._last_bins[int(env_ids[j])] = decoded.bins
         return np.clip(np.stack(chunks), *self.bounds)
 
     def select_action(self, obs: dict, env_ids=None) -> np.ndarray:
@@ -105,7 +118,7 @@ class VLA0Policy:
         stale = [j for j, e in enumerate(env_ids)
                  if self.ensembler.needs_chunk(e) or self._since_chunk.get(e, 0) >= self.config.action_horizon]
         if stale:
-            chunks = self.predict_action_chunk(_select_rows(obs, stale))
+            chunks = self.predict_action_chunk(_select_rows(obs, stale), [env_ids[j] for j in stale])
             for j, chunk in zip(stale, chunks):
                 self.ensembler.add(env_ids[j], chunk)
                 self._since_chunk[env_ids[j]] = 0
@@ -116,7 +129,17 @@ class VLA0Policy:
         return np.clip(np.stack(actions), *self.bounds)
 
     # -- decoding -------------------------------------------------------------------------------
-    def generate_text(self, prompts) -> list[str]:
+    def _draft(self, env_id: int) -> list[list[int]] | None:
+        """The previous chunk without the steps executed since it was predicted (+ alternatives)."""
+        prev = self._last_bins.get(env_id)
+        shift = self._since_chunk.get(env_id, 0)
+        if prev is None or not 0 < shift < len(prev):
+            return None
+        return draft_candidates(prev, shift)
+
+    def generate_text(self, prompts, drafts=None) -> list[str]:
+        if self.decoder is not None and self.temperature == 0:
+            return self.decoder.decode(prompts, drafts)
         batch = collate(prompts, self.vlm.tokenizer.pad_token_id, padding_side="left")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         width = batch["input_ids"].shape[1]

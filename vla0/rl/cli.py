@@ -7,8 +7,6 @@ Wired into the `vla0` command by `add_parser(subparsers)`; also runnable as
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 
 def _names(text: str) -> list[str]:
@@ -87,22 +85,3 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> None:
     from vla0.rl.learner import train_rl
     print(f"RL policy written to {train_rl(config_from_args(args))}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parser = argparse.ArgumentParser(prog="vla0")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        if os.environ.get("VLA0_DEBUG"):
-            raise
-        print(f"vla0 {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

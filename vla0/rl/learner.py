@@ -142,7 +142,7 @@ class Learner:
         loss.backward()
         n = float(decision.sum())
         ent = float((scored.entropy * decision).sum() / max(n, 1.0))
-        return {"loss": float(loss), "clip_fraction": st["clip_fraction"], "approx_kl": st["approx_kl"],
+        return {"loss": float(loss.detach()), "clip_fraction": st["clip_fraction"], "approx_kl": st["approx_kl"],
                 "ratio_mean": st["ratio_mean"], "entropy": ent, "stat_tokens": n}
 
     def state_dict(self) -> dict:

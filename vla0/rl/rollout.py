@@ -121,7 +121,7 @@ class RolloutWorker:
         self.stats = {"policy_calls": 0, "model_seconds": 0.0, "env_seconds": 0.0}
 
     @classmethod
-    def from_policy(cls, path, settings: RolloutSettings, lora: dict | None = None, num_workers: int = 2,
+    def from_policy(cls, path, settings: RolloutSettings, lora: dict | None = None, pool=None, num_workers: int = 2,
                     device: str = "cpu") -> "RolloutWorker":
         """A standalone worker (another process or machine): load the policy folder, wrap it in
         the learner's LoRA layout if any, then receive weights through set_weights."""
@@ -133,7 +133,8 @@ class RolloutWorker:
         if lora:
             from peft import LoraConfig, get_peft_model
             model = get_peft_model(model, LoraConfig(**lora))
-        return cls(model, vlm.tokenizer, vlm.image_processor, config, settings, num_workers=num_workers, device=device)
+        return cls(model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool, num_workers=num_workers,
+                   device=device)
 
     # -- weights --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -175,14 +176,16 @@ class RolloutWorker:
         ensembler = TemporalEnsembler(self.settings.ensemble, self.settings.ensemble_decay)
         keys = self.config.image_keys
         active: dict[int, dict] = {}  # slot -> {"ep", "obs", "queue", "since", "traj"}
-        next_ep = 0
+        pending = list(range(len(episodes)))
+        slot_task: dict[int, str] = {}
         pool = self.pool
 
         def start(slot: int) -> None:
-            nonlocal next_ep
-            e = next_ep
-            next_ep += 1
+            # a slot keeps its env while the task stays the same (building one costs ~1 s)
+            e = next((i for i in pending if episodes[i][0].task == slot_task.get(slot)), pending[0])
+            pending.remove(e)
             job, k = episodes[e]
+            slot_task[slot] = job.task
             ensembler.reset([slot])
             t0 = time.perf_counter()
             obs = pool.reset([self._spec(job.task)], [job.seed], ids=[slot])[0]
@@ -210,7 +213,7 @@ class RolloutWorker:
                 ep["traj"].success = bool(info["success"])
                 results[ep["ep"]] = ep["traj"]
                 del active[slot]
-                if next_ep < len(episodes):
+                if pending:
                     start(slot)
         return results  # type: ignore[return-value]
 

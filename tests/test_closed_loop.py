@@ -1,13 +1,9 @@
-"""`vla0 eval --server` drives Meta-World through the policy server and gets what in-process
-evaluation gets: the same actions at every step, hence the same outcomes."""
-
-import shutil
+"""Closed-loop evaluation gives the same actions at every step (hence the same outcomes) whether the
+policy decodes with HF generate or the fast exact decoder, in process or through `vla0 serve`."""
 
 import numpy as np
-import pytest
 
 from vla0.client import RemotePolicy
-from vla0.config import PolicyConfig
 from vla0.eval.evaluate import evaluate
 from vla0.policy.policy import VLA0Policy
 from vla0.serve.server import PolicyServer, ServeConfig, ServerThread
@@ -30,19 +26,25 @@ class Recording:
         return out
 
 
-@pytest.fixture(scope="module")
-def metaworld_policy_dir(tiny_model_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("policies") / "metaworld"
-    shutil.copytree(tiny_model_dir, folder)
-    PolicyConfig(action_dim=4, cameras=["corner3"], horizon=2, num_bins=100, image_size=[28, 28],
-                 action_stats={"min": [-1.0] * 4, "max": [1.0] * 4}, ensemble=2,
-                 extra={"camera_shapes": {"corner3": [32, 32]}}).save(folder)
-    return folder
+KWARGS = dict(tasks=["reach-v3"], episodes=2, seed=10_000, cameras=("corner3",), image_size=(32, 32),
+              num_workers=0, max_steps=6, videos=0, progress=False)
+
+
+def test_fast_decoder_gives_the_same_episodes_as_generate(metaworld_policy_dir, tmp_path):
+    fast = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir))
+    assert fast.policy.decoder is not None  # the default
+    slow = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, fast_decode=False))
+    fast_results = evaluate(fast, out=tmp_path / "fast", **KWARGS)
+    slow_results = evaluate(slow, out=tmp_path / "slow", **KWARGS)
+    assert len(fast.actions) == len(slow.actions) > 0
+    for a, b in zip(fast.actions, slow.actions):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert fast_results["tasks"] == slow_results["tasks"]
+    assert fast.policy.decoder.stats["forward_passes"] < fast.policy.decoder.stats["tokens"]
 
 
 def test_eval_through_server_matches_in_process(metaworld_policy_dir, tmp_path):
-    kwargs = dict(tasks=["reach-v3"], episodes=2, seed=10_000, cameras=("corner3",), image_size=(32, 32),
-                  num_workers=0, max_steps=6, videos=0, progress=False)
+    kwargs = KWARGS
     local = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir))
     local_results = evaluate(local, out=tmp_path / "local", **kwargs)
     server = PolicyServer(VLA0Policy.from_pretrained(metaworld_policy_dir), ServeConfig(port=0))

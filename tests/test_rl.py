@@ -1,0 +1,275 @@
+"""Online RL (GRPO): advantages, dynamic sampling, the clipped loss by hand, exact log-probs
+(rollout == recomputed, and == a plain HF forward), and tiny end-to-end iterations."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vla0.config import PolicyConfig
+from vla0.model.vlm import load_vlm
+from vla0.policy.grammar import ActionGrammar
+from vla0.policy.policy import VLA0Policy
+from vla0.prompt import collate
+from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, is_informative
+from vla0.rl.learner import Learner, RLConfig, RLTrainer, executed_token_mask
+from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory
+from vla0.rl.sampler import GrammarSampler, GrammarTable
+
+
+# -- GRPO arithmetic ------------------------------------------------------------------------------
+def test_group_advantages_by_hand():
+    rewards = [1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1]
+    groups = ["a"] * 4 + ["b"] * 3 + ["c"] * 4
+    adv = group_advantages(rewards, groups)
+    half = 0.5 / (0.5 + 1e-6)
+    assert adv[:4] == pytest.approx([half, -half, -half, half], abs=1e-12)
+    assert adv[4:7] == pytest.approx([0, 0, 0])  # all succeeded: no signal
+    std = math.sqrt(0.1875)  # rewards 0,0,0,1: mean 0.25, population std
+    assert adv[7:] == pytest.approx([-0.25 / (std + 1e-6)] * 3 + [0.75 / (std + 1e-6)], abs=1e-12)
+    with pytest.raises(ValueError):
+        group_advantages([1, 0], ["a"])
+
+
+def test_dynamic_sampling_keeps_mixed_groups():
+    groups = {0: [1, 1], 1: [0, 1], 2: [0, 0, 0], 3: [1, 0, 1], 4: [0]}
+    assert dynamic_sampling(groups) == ([1, 3], [0, 2, 4])
+    assert dynamic_sampling(groups, target=1) == ([1], [0, 2, 3, 4])
+    assert not is_informative([1]) and is_informative([0.0, 1.0])
+
+
+def test_clipped_loss_by_hand():
+    ratios = torch.tensor([1.5, 0.5, 1.1, 0.7, 3.0])
+    old = torch.tensor([-1.0, -2.0, -0.5, -0.3, -1.0])
+    logp = (old + ratios.log()).requires_grad_(True)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 5.0])
+    mask = torch.tensor([True, True, True, True, False])  # the last token is not an action token
+    loss, stats = clipped_surrogate(logp, old, adv, mask, clip_low=0.2, clip_high=0.28)
+    # per token -min(rA, clip(r)A): -1.28 (clipped at 1.28), -0.5, +1.1, +0.8 (clipped at 0.8)
+    assert float(loss.detach()) == pytest.approx((-1.28 - 0.5 + 1.1 + 0.8) / 4, abs=1e-6)
+    loss.backward()
+    # d/dlogp of -rA/4 where the unclipped term is active, 0 where the clipped one is
+    assert logp.grad.tolist() == pytest.approx([0.0, -0.5 / 4, 1.1 / 4, 0.0, 0.0], abs=1e-6)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+    r = ratios[:4]
+    assert stats["approx_kl"] == pytest.approx(float((r - 1 - r.log()).mean()), abs=1e-6)
+    # micro-batching: the token count of the whole mini-batch divides each part
+    loss2, _ = clipped_surrogate(logp.detach(), old, adv, mask, num_tokens=8)
+    assert float(loss2) == pytest.approx(float(loss.detach()) / 2, abs=1e-6)
+
+
+# -- grammar-constrained sampling with exact log-probs ------------------------------------------
+def test_grammar_table_matches_action_grammar(tiny_policy_dir):
+    tok = load_vlm(tiny_policy_dir).tokenizer
+    g = ActionGrammar(tok, num_values=5, num_bins=120)
+    table = GrammarTable(g)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        ids = []
+        while not ids or ids[-1] != g.end_id:
+            ids.append(int(rng.choice(g.allowed(ids))))
+        masks = table.masks(ids)
+        for k in range(len(ids)):
+            assert sorted(table.ids[j] for j in masks[k].nonzero().flatten().tolist()) == sorted(g.allowed(ids[:k]))
+    assert executed_token_mask(tok.encode("12 3 45", add_special_tokens=False) + [g.end_id], g, 2) == \
+        [True, True, True, True, True, False, False, False]
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_policy_dir):
+    return VLA0Policy.from_pretrained(tiny_policy_dir)
+
+
+def _frames(seed, n=2, size=32):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_rollout_logprobs_equal_recomputed_and_hf_forward(policy):
+    sampler = GrammarSampler(policy.vlm.model, policy.vlm.tokenizer, policy.grammar)
+    # different instructions -> different prompt lengths -> padding on both sides is exercised
+    prompts = [policy.encoder.prompt(_frames(i), "x" * (3 * i + 1)) for i in range(3)]
+    samples = sampler.sample(prompts, 1.6, torch.Generator().manual_seed(0))
+    for s in samples:
+        assert s.tokens[-1] == policy.grammar.end_id and len(s.tokens) == len(s.logprobs)
+        assert policy.codec.is_well_formed(policy.vlm.tokenizer.decode(s.tokens[:-1]))
+        assert all(lp <= 0 for lp in s.logprobs)
+    old = torch.tensor([lp for s in samples for lp in s.logprobs])
+    scored = sampler.score(prompts, [s.tokens for s in samples], 1.6)
+    ratio = torch.exp(scored.logprobs.detach() - old)
+    assert (ratio - 1).abs().max() < 1e-5
+    assert float(old[scored.choices == 1].abs().max()) == 0.0  # forced tokens: log-prob exactly 0
+    # the same numbers from a plain HF forward (its own rope positions, full vocabulary logits)
+    table = sampler.table
+    for p, s in zip(prompts, samples):
+        batch = collate([type(p)(p.input_ids + s.tokens, p.mm_token_type_ids + [0] * len(s.tokens),
+                                 p.pixel_values, p.image_grid_thw)], sampler.pad_id)
+        with torch.no_grad():
+            logits = policy.vlm.model(**batch).logits[0, len(p.input_ids) - 1:-1].float()
+        ref = []
+        for k, t in enumerate(s.tokens):
+            allowed = policy.grammar.allowed(s.tokens[:k])
+            ref.append(float(torch.log_softmax(logits[k, allowed] / 1.6, -1)[allowed.index(t)]))
+        assert np.allclose(ref, s.logprobs, atol=1e-4)
+    assert table.num_cols == 12
+
+
+def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
+    vlm = load_vlm(tiny_policy_dir)
+    config = PolicyConfig.load(tiny_policy_dir)
+    sampler = GrammarSampler(vlm.model, vlm.tokenizer, policy.grammar)
+    trajs = []
+    for i in range(4):
+        frames = _frames(10 + i)
+        prompt = policy.encoder.prompt(frames, "pick")
+        s = sampler.sample([prompt], 1.6, torch.Generator().manual_seed(i))[0]
+        trajs.append(Trajectory(0, "t", 0, i, i % 2 == 0, 1, [Step(frames, "pick", s.tokens, s.logprobs)]))
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, micro_batch=3)
+    stats = learner.update(trajs, group_advantages([t.reward for t in trajs], [0] * 4))
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-8
+    assert stats["optimizer_steps"] == 1 and stats["entropy"] > 0
+    assert any(not torch.equal(p, before[n]) for n, p in vlm.model.named_parameters())
+
+
+# -- tiny end-to-end: a fake env in which success depends on the action ----------------------------
+class FakePool:
+    """EnvPool stand-in: success iff the first executed action's x > 0 (an 'episode' is max_steps)."""
+
+    def __init__(self, size=32):
+        self.size, self.state = size, {}
+
+    def _obs(self, img):
+        return {"observation.images.corner3": img, "observation.state": np.zeros(4, np.float32), "task": "reach"}
+
+    def reset(self, specs, seeds, ids):
+        out = []
+        for spec, seed, i in zip(specs, seeds, ids):
+            img = np.random.default_rng(seed).integers(0, 255, (self.size, self.size, 3), dtype=np.uint8)
+            self.state[i] = [spec, 0, img]
+            out.append(self._obs(img))
+        return out
+
+    def step(self, actions, ids):
+        res = []
+        for a, i in zip(actions, ids):
+            st = self.state[i]
+            st[1] += 1
+            ok = bool(a[0] > 0)
+            res.append((self._obs(st[2]), 0.0, ok, (not ok) and st[1] >= st[0].horizon, {"success": ok}))
+        return res
+
+    def close(self):
+        pass
+
+
+def _cfg(policy, out, **kw):
+    base = dict(policy=str(policy), tasks=["reach-v3"], out=str(out), group_size=4, groups_per_batch=2,
+                max_steps=1, iterations=2, lr=1e-3, temperature=1.6, batch_envs=8, progress=False)
+    return RLConfig(**{**base, **kw})
+
+
+def test_end_to_end_iterations_checkpoint_resume_export(metaworld_policy_dir, tmp_path):
+    out = tmp_path / "rl"
+    trainer = RLTrainer(_cfg(metaworld_policy_dir, out), pool=FakePool())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    policy_dir = trainer.train()
+    rows = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for key in ("rollout_success_rate", "kept_fraction", "mean_abs_advantage", "clip_fraction", "entropy",
+                "approx_kl", "rollout_seconds", "update_seconds", "groups_tried", "groups_kept"):
+        assert key in rows[0]
+    updated = [r for r in rows if r["optimizer_steps"]]
+    assert updated and all(r["groups_kept"] == 2 and r["ratio_mean"] == pytest.approx(1, abs=1e-5) for r in updated)
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    assert (out / "learning_curve.png").stat().st_size > 0
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+    # the exported policy loads like any other, with the RL execution settings and provenance
+    loaded = VLA0Policy.from_pretrained(out)
+    assert loaded.config.action_horizon == 1 and loaded.config.ensemble == 1  # source: 1 and 2
+    assert loaded.config.extra["rl"]["source_policy"] == str(metaworld_policy_dir.resolve())
+    obs = {"observation.images.corner3": _frames(0, 1)[0][None], "task": ["reach"]}
+    assert loaded.select_action(obs, [0]).shape == (1, 4)
+    assert policy_dir == out / "policy"
+    # resume continues the iteration count and the seed sequence
+    with pytest.raises(FileExistsError):
+        RLTrainer(_cfg(metaworld_policy_dir, out), pool=FakePool())
+    resumed = RLTrainer(_cfg(metaworld_policy_dir, out, iterations=3, resume=True), pool=FakePool())
+    assert resumed.iteration == 2 and resumed.next_group == trainer.next_group
+    resumed.train()
+    rows = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+
+
+def test_lora_iteration_exports_merged_policy(metaworld_policy_dir, tmp_path):
+    out = tmp_path / "rl_lora"
+    trainer = RLTrainer(_cfg(metaworld_policy_dir, out, iterations=1, lora_rank=4, lr=1e-2), pool=FakePool())
+    assert all("lora" in n for n in trainer.learner.weights())
+    trainer.train()
+    assert (out / "checkpoints" / "step-0000001" / "adapter_config.json").exists()
+    merged = VLA0Policy.from_pretrained(out / "policy")
+    adapter = VLA0Policy.from_pretrained(out / "checkpoints" / "step-0000001")  # base + adapter
+    obs = {"observation.images.corner3": _frames(3, 1)[0][None], "task": ["reach"]}
+    assert np.allclose(merged.predict_action_chunk(obs), adapter.predict_action_chunk(obs))
+
+
+def test_standalone_worker_receives_weights(metaworld_policy_dir, tmp_path):
+    trainer = RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "w", iterations=1), pool=FakePool())
+    trainer.train()  # weights now differ from the folder's
+    # a standalone worker (another process or machine) gets the learner's weights through set_weights
+    worker = RolloutWorker.from_policy(metaworld_policy_dir, trainer.settings, pool=FakePool())
+    worker.set_weights(trainer.learner.weights())
+    jobs = [RolloutJob(0, "reach-v3", 5, 3)]
+    a = worker.run(jobs, torch.Generator().manual_seed(1))
+    trainer.worker._pool = FakePool()
+    b = trainer.worker.run(jobs, torch.Generator().manual_seed(1))
+    assert [s.tokens for t in a for s in t.steps] == [s.tokens for t in b for s in t.steps]
+    assert np.allclose([lp for t in a for s in t.steps for lp in s.logprobs],
+                       [lp for t in b for s in t.steps for lp in s.logprobs], atol=1e-6)
+
+
+def test_metaworld_rollouts(metaworld_policy_dir):
+    """Real Meta-World envs in-process: one group of 2 rollouts, 3 steps, 1 step per chunk."""
+    from vla0.sim.parallel import EnvPool
+    vlm = load_vlm(metaworld_policy_dir)
+    config = PolicyConfig.load(metaworld_policy_dir)
+    settings = RolloutSettings(temperature=1.6, action_horizon=1, max_steps=3, batch_envs=2)
+    with EnvPool(0) as pool:
+        worker = RolloutWorker(vlm.model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool)
+        trajs = worker.run([RolloutJob(7, "reach-v3", 123, 2)], torch.Generator().manual_seed(0))
+    assert [(t.group, t.seed, t.index, t.length, len(t.steps)) for t in trajs] == [(7, 123, 0, 3, 3), (7, 123, 1, 3, 3)]
+    assert trajs[0].steps[0].frames[0].shape == (32, 32, 3) and trajs[0].steps[0].instruction == "reach the goal"
+    # same seed, same initial state: the first frames of a group agree
+    assert np.array_equal(trajs[0].steps[0].frames[0], trajs[1].steps[0].frames[0])
+
+
+def test_cli_parser_and_config_errors(metaworld_policy_dir, tmp_path):
+    import argparse
+
+    from vla0.rl.cli import add_parser, config_from_args
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["rl", "--policy", str(metaworld_policy_dir), "--tasks", "reach-v3,drawer-open-v3",
+                              "--out", str(tmp_path / "o"), "--minutes", "5", "--lora-rank", "8"])
+    cfg = config_from_args(args)
+    assert cfg.tasks == ["reach-v3", "drawer-open-v3"] and cfg.minutes == 5 and cfg.lora_rank == 8
+    assert (cfg.group_size, cfg.groups_per_batch, cfg.temperature, cfg.lr, cfg.clip_low, cfg.clip_high) == \
+        (8, 64, 1.6, 5e-6, 0.2, 0.28)
+    for bad, match in [(dict(iterations=None), "--iterations or --minutes"), (dict(group_size=1), "group-size"),
+                       (dict(tasks=["nope-v3"]), "unknown Meta-World task"),
+                       (dict(eval_seed=99_999, eval_every=1), "rollout seeds")]:
+        with pytest.raises(ValueError, match=match):
+            RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "bad", **bad), pool=FakePool())
+
+
+def test_rl_learns_the_fake_task(metaworld_policy_dir, tmp_path):
+    """Success here needs the first action's x > 0: a few GRPO iterations must raise the rate."""
+    out = tmp_path / "learn"
+    cfg = _cfg(metaworld_policy_dir, out, group_size=8, groups_per_batch=4, iterations=8, lr=3e-3, temperature=1.0,
+               batch_envs=32, save_every=0)
+    RLTrainer(cfg, pool=FakePool()).train()
+    rates = [json.loads(line)["rollout_success_rate"] for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert np.mean(rates[-3:]) > rates[0] + 0.3, rates
