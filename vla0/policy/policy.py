@@ -51,7 +51,7 @@ class VLA0Policy:
     needs_images = True
 
     def __init__(self, vlm: VLM, config: PolicyConfig, device: str | torch.device = "cpu",
-                 temperature: float = 0.0, name: str = "vla0", fast_decode: bool = True):
+                 temperature: float = 0.0, name: str = "vla0", fast_decode: bool = True, relaxed_k: int = 0):
         self.vlm = vlm
         self.config = config
         self.device = torch.device(device)
@@ -66,7 +66,8 @@ class VLA0Policy:
         self._since_chunk: dict[int, int] = {}
         self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk
         # Greedy decoding: exact fast decoder (same tokens as generate); sampling: HF generate.
-        self.decoder = (FastDecoder(vlm.model, vlm.tokenizer, self.grammar, self.encoder)
+        # relaxed_k > 0 accepts a drafted number within +-k bins of the model's own (not exact).
+        self.decoder = (FastDecoder(vlm.model, vlm.tokenizer, self.grammar, self.encoder, relaxed_k=relaxed_k)
                         if fast_decode and temperature == 0 else None)
         self.vlm.model.eval()
 

@@ -42,7 +42,8 @@ def load_eval_policy(args):
         return ExpertPolicy(), None
     from vla0.policy.policy import VLA0Policy
     policy = VLA0Policy.from_pretrained(args.policy, ensemble=args.ensemble, action_horizon=args.action_horizon,
-                                        temperature=args.temperature, fast_decode=args.decoder == "fast")
+                                        temperature=args.temperature, fast_decode=args.decoder == "fast",
+                                        relaxed_k=args.relaxed_k)
     return policy, (policy.config.cameras, policy.config.extra.get("camera_shapes", {}))
 
 
@@ -116,6 +117,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
     p.add_argument("--decoder", choices=["fast", "generate"], default="fast",
                    help="greedy decoding: the exact fast decoder (default) or plain HF generate")
+    p.add_argument("--relaxed-k", type=int, default=0,
+                   help="fast decoder: accept a drafted number within +-k bins of the model's (0 = exact)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--videos", type=int, default=2, help="rollout videos per task")
     p.add_argument("--workers", type=int, default=2)
