@@ -85,3 +85,11 @@ def test_bad_names():
     with pytest.raises(ValueError, match="unknown camera"):
         EnvSpec("reach-v3", cameras=("front",))
     assert "reach-v3" in TASKS and "pick-place-v3" in TASKS
+
+
+def test_missing_gl_library_names_the_fix(monkeypatch):
+    from vla0.sim import gl
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(gl, "_loadable", lambda *names: False)
+    with pytest.raises(OSError, match="libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1.*MUJOCO_GL"):
+        gl.ensure_gl()

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing files and folders, no GL library
         # A user's mistake gets one line naming what and where, not a traceback.
         if os.environ.get("VLA0_DEBUG"):
             raise

@@ -38,7 +38,7 @@ def ensure_gl() -> str:
     elif _loadable("libOSMesa.so.8", "libOSMesa.so.6", "libOSMesa.so"):
         backend = "osmesa"
     else:
-        raise RuntimeError(
+        raise OSError(
             "No offscreen OpenGL library found for MuJoCo rendering (MUJOCO_GL is unset). "
             "Install EGL: `apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1` "
             "(then MUJOCO_GL=egl), or OSMesa: `apt-get install libosmesa6` (then MUJOCO_GL=osmesa)."
