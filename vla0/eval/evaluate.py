@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla0.eval.report import format_table, plot_results, save_rollout_video, wilson_interval, write_json_atomic
-from vla0.sim.metaworld_env import FPS, EnvSpec, check_task
+from vla0.sim.metaworld_env import FPS, EnvSpec, check_tasks_and_episodes
 from vla0.sim.parallel import EnvPool
 
 EVAL_SEED = 10_000
@@ -103,12 +103,7 @@ def evaluate(
 ) -> dict:
     """Evaluate `policy` on `episodes` seeds per task; writes out/results.json, success.png, videos/."""
     tasks = list(tasks)
-    if not tasks:
-        raise ValueError("evaluate: no tasks given")
-    for t in tasks:
-        check_task(t)
-    if episodes < 1:
-        raise ValueError(f"evaluate: episodes must be >= 1, got {episodes}")
+    check_tasks_and_episodes(tasks, episodes, "evaluate")
     for attr in ("name", "reset", "select_action", "needs_images"):
         if not hasattr(policy, attr):
             raise ValueError(f"evaluate: policy {type(policy).__name__} lacks {attr!r} (see vla0.eval.evaluate.Policy)")

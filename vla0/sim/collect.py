@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla0.data.lerobot_writer import LeRobotWriter
-from vla0.sim.metaworld_env import FPS, EnvSpec, check_task
+from vla0.sim.metaworld_env import FPS, EnvSpec, check_tasks_and_episodes
 from vla0.sim.parallel import EnvPool
 
 STATE_NAMES = ["x", "y", "z", "gripper"]
@@ -57,12 +57,7 @@ def collect(
     """Run the scripted experts and write their episodes to `out`; returns `out`."""
     out = Path(out)
     tasks = list(tasks)
-    if not tasks:
-        raise ValueError("collect: no tasks given")
-    for t in tasks:
-        check_task(t)
-    if episodes < 1:
-        raise ValueError(f"collect: episodes must be >= 1, got {episodes}")
+    check_tasks_and_episodes(tasks, episodes, "collect")
     if out.exists() and not overwrite:
         raise FileExistsError(f"collect: output folder already exists: {out} (use overwrite)")
     specs = {t: EnvSpec(t, tuple(cameras), tuple(image_size), max_steps, visible_goal) for t in tasks}

@@ -63,6 +63,16 @@ def check_task(name: str) -> None:
         raise ValueError(f"unknown Meta-World task {name!r}; valid v3 tasks: {', '.join(TASKS)}")
 
 
+def check_tasks_and_episodes(tasks: list[str], episodes: int, who: str) -> None:
+    """The checks every multi-task run (collect, evaluate) makes before it starts any env."""
+    if not tasks:
+        raise ValueError(f"{who}: no tasks given")
+    for t in tasks:
+        check_task(t)
+    if episodes < 1:
+        raise ValueError(f"{who}: episodes must be >= 1, got {episodes}")
+
+
 @dataclass
 class EnvSpec:
     task: str
