@@ -47,7 +47,7 @@ def compare_table(results: dict[str, dict]) -> str:
         raise ValueError("compare_table: no results given")
     labels = list(results)
     tasks = list(dict.fromkeys(t for r in results.values() for t in r["tasks"]))
-    width = max(12, *(len(l) + 2 for l in labels))
+    width = max(16, *(len(l) + 2 for l in labels))  # "100% (20/20)" plus a gap
     rows = [f"{'task':<28}" + "".join(f"{l:>{width}}" for l in labels)]
     for task in tasks:
         cells = []
