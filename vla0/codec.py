@@ -61,10 +61,6 @@ class ActionCodec:
     def num_values(self) -> int:
         return self.horizon * self.action_dim
 
-    @property
-    def max_digits(self) -> int:
-        return len(str(self.num_bins))
-
     def to_bins(self, actions: np.ndarray) -> np.ndarray:
         unit = (np.asarray(actions, dtype=np.float64) - self.low) / self._span
         return np.rint(np.clip(unit, 0.0, 1.0) * self.num_bins).astype(np.int64)
