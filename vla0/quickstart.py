@@ -78,7 +78,8 @@ def run_quickstart(out: Path, cfg: QuickstartConfig | None = None, progress: boo
     phase("train", (run / "policy" / "vla0_policy.json").exists(), lambda: train(TrainConfig(
         model=str(model), dataset=str(data), out=str(run), cameras=cfg.cameras, horizon=cfg.horizon,
         num_bins=cfg.num_bins, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
-        mask_max_frac=cfg.mask_max_frac, lr=cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, steps=cfg.steps, batch_size=cfg.batch_size,
+        mask_max_frac=cfg.mask_max_frac, lr=cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
+        steps=cfg.steps, batch_size=cfg.batch_size,
         ensemble=cfg.ensemble, save_every=500, progress=progress, resume=(run / "checkpoints" / "latest").exists())))
     plot_loss(run / "train_log.jsonl", out / "training_loss.png")
 

@@ -139,7 +139,7 @@ class VLA0Policy:
         return draft_candidates(prev, shift)
 
     def generate_text(self, prompts, drafts=None) -> list[str]:
-        if self.decoder is not None and self.temperature == 0:
+        if self.decoder is not None:  # built only for greedy decoding
             return self.decoder.decode(prompts, drafts)
         batch = collate(prompts, self.vlm.tokenizer.pad_token_id, padding_side="left")
         batch = {k: v.to(self.device) for k, v in batch.items()}

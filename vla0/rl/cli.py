@@ -1,7 +1,7 @@
 """`vla0 rl`: GRPO post-training of a supervised policy in simulation (SimpleVLA-RL recipe).
 
-Wired into the `vla0` command by `add_parser(subparsers)`; also runnable as
-`python -m vla0.rl.cli rl --policy ... --tasks ... --out ...`.
+Wired into the `vla0` command by `add_parser(subparsers)`:
+`vla0 rl --policy ... --tasks ... --out ...`.
 """
 
 from __future__ import annotations

@@ -142,6 +142,7 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.step = 0
+        self._order: tuple[int | None, np.ndarray | None] = (None, None)  # (epoch, its frame order)
         if resume_from:
             state = torch.load(resume_from / TRAINER_STATE, weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -150,10 +151,16 @@ class Trainer:
             self.step = state["step"]
 
     # -- data -----------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The shuffled frame order of an epoch, computed once per epoch rather than per step."""
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)))
+        return self._order[1]
+
     def micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
         """This rank's share of global micro-batch number `micro` (a pure function of seed and micro)."""
         epoch, position = divmod(micro, self.batches_per_epoch)
-        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset))
+        order = self._epoch_order(epoch)
         rank = self.acc.process_index
         start = position * self.global_batch + rank * self.cfg.batch_size
         examples = []
