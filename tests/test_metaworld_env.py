@@ -27,6 +27,14 @@ def test_reset_step_shapes(env):
     assert a.shape == (4,) and np.abs(a).max() <= 1
 
 
+def test_step_without_render_leaves_images_out(env):
+    env.reset(seed=3)
+    obs = env.step(np.zeros(4, np.float32), render=False)[0]
+    assert not any(k.startswith("observation.images.") for k in obs)
+    assert obs["observation.state"].shape == (4,)
+    assert "observation.images.topview" in env.step(np.zeros(4, np.float32))[0]
+
+
 def test_corner_camera_turned_upright(env):
     obs, _ = env.reset(seed=0)
     raw = mujoco.Renderer(env._env.model, 32, 48)

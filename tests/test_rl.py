@@ -246,6 +246,22 @@ def test_metaworld_rollouts(metaworld_policy_dir):
     assert np.array_equal(trajs[0].steps[0].frames[0], trajs[1].steps[0].frames[0])
 
 
+def test_chunked_rollouts_render_only_replanning_frames(metaworld_policy_dir):
+    """Executing 2-step chunks, the envs render every other step: only frames a policy call reads."""
+    from vla0.sim.parallel import EnvPool
+    vlm = load_vlm(metaworld_policy_dir)
+    config = PolicyConfig.load(metaworld_policy_dir)
+    settings = RolloutSettings(temperature=1.0, action_horizon=2, max_steps=5, batch_envs=1)
+    flags = []
+    with EnvPool(0) as pool:
+        step = pool.step
+        pool.step = lambda actions, ids=None, render=None: flags.append(list(render)) or step(actions, ids, render)
+        worker = RolloutWorker(vlm.model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool)
+        trajs = worker.run([RolloutJob(0, "reach-v3", 5, 1)], torch.Generator().manual_seed(0))
+    assert flags == [[False], [True], [False], [True], [False]]
+    assert trajs[0].length == 5 and len(trajs[0].steps) == 3  # chunks at steps 0, 2 and 4
+
+
 def test_cli_parser_and_config_errors(metaworld_policy_dir, tmp_path):
     import argparse
 

@@ -201,8 +201,11 @@ class RolloutWorker:
             if stale:
                 self._act(stale, active, ensembler, keys, generator)
             actions = [self._next_action(active[s], ensembler, s) for s in ids]
+            # Render only the frames a policy call will read: with chunks executed open loop
+            # most steps need none (rendering is most of an env step).
+            render = [self._needs_chunk(active[s], ensembler, s) for s in ids]
             t0 = time.perf_counter()
-            out = pool.step(actions, ids=ids)
+            out = pool.step(actions, ids=ids, render=render)
             self.stats["env_seconds"] += time.perf_counter() - t0
             for slot, (obs, _, term, trunc, info) in zip(ids, out):
                 ep = active[slot]

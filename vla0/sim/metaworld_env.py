@@ -145,9 +145,9 @@ class MetaWorldEnv:
             images[f"observation.images.{cam}"] = np.ascontiguousarray(img)
         return images
 
-    def _obs(self) -> dict:
+    def _obs(self, render: bool = True) -> dict:
         raw = self._raw
-        obs = self.render() if self._renderer is not None else {}
+        obs = self.render() if render and self._renderer is not None else {}
         obs["observation.state"] = raw[:4].astype(np.float32)  # hand xyz + gripper opening
         obs["observation.environment_state"] = raw.astype(np.float32)
         obs["task"] = self._instruction
@@ -160,7 +160,9 @@ class MetaWorldEnv:
         self._steps = 0
         return self._obs(), {"seed": int(seed), "task": self.spec.task}
 
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, bool, dict]:
+        """render=False leaves the camera images out of the observation: a caller that executes
+        an action chunk looks only at the frame it replans from, and rendering is most of a step."""
         if self._raw is None:
             raise RuntimeError(f"{self.spec.task}: call reset(seed) before step()")
         action = np.asarray(action, dtype=np.float32).reshape(-1)
@@ -172,7 +174,7 @@ class MetaWorldEnv:
         self._steps += 1
         success = bool(info.get("success", 0.0))
         info = {"success": success, "steps": self._steps}
-        return self._obs(), float(reward), success, (not success and self._steps >= self.spec.horizon), info
+        return self._obs(render), float(reward), success, (not success and self._steps >= self.spec.horizon), info
 
     def expert_action(self) -> np.ndarray:
         if self._raw is None:

@@ -38,7 +38,7 @@ class _Slots:
         return out
 
     def step(self, jobs):
-        return [self.envs[slot].step(action) for slot, action in jobs]
+        return [self.envs[slot].step(action, render) for slot, action, render in jobs]
 
     def expert(self, slots):
         return [self.envs[slot].expert_action() for slot in slots]
@@ -137,10 +137,14 @@ class EnvPool:
             self.specs[i] = spec
         return self._run("reset", list(zip(ids, specs, seeds)), lambda j: j[0])
 
-    def step(self, actions: list, ids: list[int] | None = None) -> list:
-        """Step slot ids[i] with actions[i]; a None action skips that slot (result None)."""
+    def step(self, actions: list, ids: list[int] | None = None, render: list[bool] | None = None) -> list:
+        """Step slot ids[i] with actions[i]; a None action skips that slot (result None).
+        render[i] = False: that slot's next observation carries no camera images."""
         ids = list(range(len(actions))) if ids is None else list(ids)
-        jobs = [(i, np.asarray(a, np.float32)) for i, a in zip(ids, actions) if a is not None]
+        render = [True] * len(actions) if render is None else list(render)
+        if len(render) != len(actions):
+            raise ValueError(f"EnvPool.step: {len(actions)} actions, {len(render)} render flags")
+        jobs = [(i, np.asarray(a, np.float32), r) for i, a, r in zip(ids, actions, render) if a is not None]
         res = iter(self._run("step", jobs, lambda j: j[0]))
         return [None if a is None else next(res) for a in actions]
 
