@@ -53,6 +53,33 @@ def summary(res: dict) -> dict:
                       for t, r in res["tasks"].items()}}
 
 
+def build_weak_policy(args, work: Path) -> Path:
+    """The few-demonstration supervised policy RL starts from: `--demos` expert episodes per task
+    (seeds 0 upward), the embedded tiny model, `--sft-steps` of the quickstart's training recipe,
+    chunks executed open loop (action horizon H, no ensembling), as RL rolls them out. Each
+    phase is skipped when its output exists (a resumed bench reuses it)."""
+    from vla0.model.tiny import init_model
+    from vla0.quickstart import QuickstartConfig
+    from vla0.sim.collect import collect
+    from vla0.train.trainer import TrainConfig, train
+    qs = QuickstartConfig()
+    data, model, run = work / "weak" / "data", work / "weak" / "model", work / "weak" / "run"
+    if not (data / "meta" / "info.json").exists():
+        print(f"[bench rl] collecting {args.demos} demonstrations per task")
+        collect(args.tasks, args.demos, qs.collect_seed, data, cameras=tuple(qs.cameras),
+                image_size=tuple(qs.camera_size), num_workers=args.workers, progress=False)
+    if not (model / "config.json").exists():
+        init_model("tiny", model)
+    if not (run / "policy" / "vla0_policy.json").exists():
+        print(f"[bench rl] training the weak policy: {args.sft_steps} steps")
+        train(TrainConfig(model=str(model), dataset=str(data), out=str(run), cameras=qs.cameras, horizon=qs.horizon,
+                          num_bins=qs.num_bins, image_size=qs.image_size, crop_fraction=qs.crop_fraction,
+                          mask_max_frac=qs.mask_max_frac, lr=qs.lr, schedule=qs.schedule,
+                          warmup_steps=qs.warmup_steps, steps=args.sft_steps, batch_size=qs.batch_size,
+                          action_horizon=qs.horizon, ensemble=1, save_every=args.sft_steps, progress=False))
+    return run
+
+
 def run_eval(policy, args, out: Path, cameras, size) -> dict:
     res = evaluate(policy, args.tasks, args.episodes, seed=args.eval_seed, out=out, cameras=cameras, image_size=size,
                    num_workers=args.workers, batch_envs=args.batch_envs, max_steps=args.max_steps, videos=args.videos,
@@ -62,8 +89,12 @@ def run_eval(policy, args, out: Path, cameras, size) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", required=True, help="weak supervised policy or run folder")
-    ap.add_argument("--tasks", default="reach-v3", help="comma-separated Meta-World tasks")
+    ap.add_argument("--policy", default=None,
+                    help="weak supervised policy or run folder (default: build one from --demos demonstrations)")
+    ap.add_argument("--demos", type=int, default=8, help="demonstrations per task for the built weak policy")
+    ap.add_argument("--sft-steps", type=int, default=800, help="training steps of the built weak policy")
+    ap.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3",
+                    help="comma-separated Meta-World tasks")
     ap.add_argument("--minutes", type=float, default=60.0, help="RL wall-clock budget")
     ap.add_argument("--episodes", type=int, default=20, help="held-out episodes per task, before and after")
     ap.add_argument("--eval-seed", type=int, default=EVAL_SEED)
@@ -92,13 +123,15 @@ def main():
     args = ap.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     work = Path(args.work)
-    if work.exists() and not args.resume:
-        shutil.rmtree(work)
+    if (work / "run").exists() and not args.resume:
+        shutil.rmtree(work / "run")  # a fresh RL run; a built weak policy is kept and reused
+    for old in ("eval_before", "eval_before_native", "eval_after"):
+        shutil.rmtree(work / old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     load_1m = round(os.getloadavg()[0], 2)
 
-    source = resolve_policy_dir(args.policy)
+    source = resolve_policy_dir(args.policy or build_weak_policy(args, work))
     before = VLA0Policy.from_pretrained(source, action_horizon=args.action_horizon, ensemble=args.ensemble,
                                         temperature=0.0, name="before")
     native = VLA0Policy.from_pretrained(source, name="before (policy settings)")
@@ -161,6 +194,8 @@ def main():
                                                        "lora_rank", "clip_low", "clip_high", "rollout_seed")},
                "run": str(work / "run"), "learning_curve": str(curve)},
         "policy": str(source),
+        **({} if args.policy else {"weak_policy": {"demos_per_task": args.demos, "sft_steps": args.sft_steps,
+                                                   "collect_seeds": [0, args.demos - 1]}}),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m_at_start": load_1m, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
     }

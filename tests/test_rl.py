@@ -153,13 +153,16 @@ class FakePool:
             out.append(self._obs(img))
         return out
 
-    def step(self, actions, ids):
+    def step(self, actions, ids, render=None):
         res = []
-        for a, i in zip(actions, ids):
+        for j, (a, i) in enumerate(zip(actions, ids)):
             st = self.state[i]
             st[1] += 1
             ok = bool(a[0] > 0)
-            res.append((self._obs(st[2]), 0.0, ok, (not ok) and st[1] >= st[0].horizon, {"success": ok}))
+            obs = self._obs(st[2])
+            if render is not None and not render[j]:  # as EnvPool: no images unless asked for
+                obs = {k: v for k, v in obs.items() if not k.startswith("observation.images.")}
+            res.append((obs, 0.0, ok, (not ok) and st[1] >= st[0].horizon, {"success": ok}))
         return res
 
     def close(self):
