@@ -13,7 +13,7 @@ from vla0.model.vlm import load_vlm
 from vla0.policy.grammar import ActionGrammar
 from vla0.policy.policy import VLA0Policy
 from vla0.prompt import collate
-from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, is_informative
+from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, trajectory_token_weights, is_informative
 from vla0.rl.learner import Learner, RLConfig, RLTrainer, executed_token_mask
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory
 from vla0.rl.sampler import GrammarSampler, GrammarTable
@@ -58,6 +58,18 @@ def test_clipped_loss_by_hand():
     # micro-batching: the token count of the whole mini-batch divides each part
     loss2, _ = clipped_surrogate(logp.detach(), old, adv, mask, num_tokens=8)
     assert float(loss2) == pytest.approx(float(loss.detach()) / 2, abs=1e-6)
+
+
+def test_trajectory_mean_weights_balance_a_group():
+    """A 1-token success and a 3-token failure of one group (advantages +1, -1): the token mean
+    pushes down on balance; weighted per trajectory the push is zero-sum."""
+    w = trajectory_token_weights([1, 3])
+    assert w.tolist() == pytest.approx([2.0, 2.0 / 3.0])  # each trajectory's tokens now sum to T / N = 2
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -1.0, -1.0, -1.0])
+    token_mean, _ = clipped_surrogate(old.clone(), old, adv)
+    weighted, _ = clipped_surrogate(old.clone(), old, adv, weights=torch.tensor([w[0], w[1], w[1], w[1]]).float())
+    assert float(token_mean) == pytest.approx(0.5) and float(weighted) == pytest.approx(0.0, abs=1e-7)
 
 
 # -- grammar-constrained sampling with exact log-probs ------------------------------------------

@@ -46,6 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--loss-tokens", choices=["all", "executed"], default="all",
                    help="'all' action tokens (recipe) or only the numbers that reach the env "
                         "(first min(H, ensemble x action-horizon) steps of each chunk)")
+    g.add_argument("--loss-agg", choices=["token-mean", "trajectory-mean"], default="token-mean",
+                   help="token-mean (recipe): long trajectories weigh more; trajectory-mean: each weighs the same")
     g.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning")
     g.add_argument("--lora-alpha", type=int, default=16)
     g.add_argument("--lora-targets", type=_names, default=["q_proj", "k_proj", "v_proj", "o_proj"])

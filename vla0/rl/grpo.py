@@ -54,8 +54,8 @@ def dynamic_sampling(groups: dict, target: int | None = None) -> tuple[list, lis
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor | None = None, clip_low: float = 0.2, clip_high: float = 0.28,
-                      num_tokens: float | None = None, stats_mask: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, dict]:
+                      num_tokens: float | None = None, stats_mask: torch.Tensor | None = None,
+                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """PPO clipped objective, asymmetric bounds [1 - clip_low, 1 + clip_high], token-level mean.
 
     logp, old_logp, advantages, mask: same shape, one entry per action token (the advantage is
@@ -64,7 +64,8 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     micro-batches), else mask.sum(). Returns (loss, stats): clip_fraction (tokens whose clipped
     term is the active one, i.e. gets no gradient), approx_kl (k3 estimator of
     KL(pi_old || pi), mean over tokens), ratio_mean and the token count, all over `stats_mask`
-    (default: mask; e.g. only the tokens where the grammar left a choice)."""
+    (default: mask; e.g. only the tokens where the grammar left a choice). `weights` (per token)
+    scale each token's term: see trajectory_token_weights."""
     if mask is None:
         mask = torch.ones_like(logp, dtype=torch.bool)
     mask = mask.to(logp.dtype)
@@ -74,6 +75,8 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     per_token = -torch.minimum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights
     loss = (per_token * mask).sum() / n
     with torch.no_grad():
         if stats_mask is not None:
@@ -88,3 +91,20 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
                  "ratio_mean": float((ratio.detach() * mask).sum() / denom),
                  "tokens": count}
     return loss, stats
+
+
+def trajectory_token_weights(loss_tokens_per_trajectory) -> np.ndarray:
+    """Per-trajectory token weights for the "trajectory-mean" loss aggregation.
+
+    With the token-level mean (the recipe's), a trajectory weighs in proportion to its length.
+    In episodic tasks failures run to the step cap and successes stop early, so within a group
+    the negative advantages cover more tokens than the positive ones and the net update pushes
+    probability away from what was sampled: entropy drifts up. Weighting trajectory i's tokens
+    by w_i = (T / N) / L_i (L_i its loss tokens, T their total, N the trajectories) makes each
+    trajectory count equally while keeping the token-mean's scale (the weights average 1 per
+    token), so a group's zero-sum advantages give a zero-sum push."""
+    lengths = np.asarray(loss_tokens_per_trajectory, dtype=np.float64)
+    if lengths.size == 0:
+        return lengths
+    safe = np.maximum(lengths, 1.0)
+    return (lengths.sum() / len(lengths)) / safe

@@ -26,13 +26,14 @@ import torch
 
 from vla0.config import PolicyConfig
 from vla0.prompt import PromptEncoder
-from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages
+from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, trajectory_token_weights
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory, env_render_settings
 from vla0.rl.sampler import GrammarSampler
 from vla0.policy.grammar import ActionGrammar
 from vla0.train.checkpoint import TRAINER_STATE, checkpoint_name, latest_checkpoint, mark_latest, save_atomic
 
 LOG_FILE = "rl_log.jsonl"
+LOSS_AGGREGATIONS = ("token-mean", "trajectory-mean")
 CONFIG_FILE = "rl_config.json"
 
 
@@ -56,8 +57,8 @@ class Learner:
     def __init__(self, model, tokenizer, image_processor, config: PolicyConfig, *, lr: float = 5e-6,
                  betas=(0.9, 0.999), weight_decay: float = 0.0, clip_low: float = 0.2, clip_high: float = 0.28,
                  temperature: float = 1.6, epochs: int = 1, minibatches: int = 1, micro_batch: int = 16,
-                 max_grad_norm: float = 1.0, loss_numbers: int | None = None, seed: int = 0,
-                 device: str | torch.device = "cpu"):
+                 max_grad_norm: float = 1.0, loss_numbers: int | None = None, loss_agg: str = "token-mean",
+                 seed: int = 0, device: str | torch.device = "cpu"):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -71,6 +72,9 @@ class Learner:
         self.epochs, self.minibatches, self.micro_batch = epochs, minibatches, micro_batch
         self.max_grad_norm = max_grad_norm
         self.loss_numbers = loss_numbers  # None: every action token; else only the first k numbers
+        if loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss aggregation must be one of {LOSS_AGGREGATIONS}, got {loss_agg!r}")
+        self.loss_agg = loss_agg
         self.rng = np.random.default_rng(seed)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -83,8 +87,13 @@ class Learner:
         RolloutWorker's set_weights takes."""
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def _items(self, trajectories: list[Trajectory], advantages) -> list[tuple[Step, float]]:
-        return [(s, float(a)) for t, a in zip(trajectories, advantages) for s in t.steps]
+    def _items(self, trajectories: list[Trajectory], advantages) -> list[tuple[Step, float, float]]:
+        """(policy call, advantage, token weight) for every policy call of the batch."""
+        weights = np.ones(len(trajectories))
+        if self.loss_agg == "trajectory-mean":
+            weights = trajectory_token_weights([sum(sum(self._loss_mask(s.tokens)) for s in t.steps)
+                                                for t in trajectories])
+        return [(s, float(a), float(w)) for t, a, w in zip(trajectories, advantages, weights) for s in t.steps]
 
     def _loss_mask(self, tokens: list[int]) -> list[bool]:
         if self.loss_numbers is None:
@@ -103,7 +112,7 @@ class Learner:
             order = self.rng.permutation(len(items))
             for mb in np.array_split(order, min(self.minibatches, len(items))):
                 mb_items = [items[i] for i in mb]
-                n_loss = sum(sum(self._loss_mask(s.tokens)) for s, _ in mb_items)
+                n_loss = sum(sum(self._loss_mask(s.tokens)) for s, _, _ in mb_items)
                 if n_loss == 0:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
@@ -128,17 +137,18 @@ class Learner:
                      samples=len(items))
         return stats
 
-    def _micro_step(self, micro: list[tuple[Step, float]], n_loss: int) -> dict:
-        prompts = [self.encoder.prompt(s.frames, s.instruction) for s, _ in micro]
-        tokens = [s.tokens for s, _ in micro]
+    def _micro_step(self, micro: list[tuple[Step, float, float]], n_loss: int) -> dict:
+        prompts = [self.encoder.prompt(s.frames, s.instruction) for s, _, _ in micro]
+        tokens = [s.tokens for s, _, _ in micro]
         scored = self.sampler.score(prompts, tokens, self.temperature)
-        dev = scored.logprobs.device
-        old = torch.tensor([lp for s, _ in micro for lp in s.logprobs], device=dev, dtype=scored.logprobs.dtype)
-        adv = torch.tensor([a for s, a in micro for _ in s.tokens], device=dev, dtype=scored.logprobs.dtype)
-        loss_mask = torch.tensor([m for s, _ in micro for m in self._loss_mask(s.tokens)], device=dev)
+        dev, dtype = scored.logprobs.device, scored.logprobs.dtype
+        old = torch.tensor([lp for s, _, _ in micro for lp in s.logprobs], device=dev, dtype=dtype)
+        adv = torch.tensor([a for s, a, _ in micro for _ in s.tokens], device=dev, dtype=dtype)
+        weights = torch.tensor([w for s, _, w in micro for _ in s.tokens], device=dev, dtype=dtype)
+        loss_mask = torch.tensor([m for s, _, _ in micro for m in self._loss_mask(s.tokens)], device=dev)
         decision = loss_mask & (scored.choices > 1)  # forced tokens: log-prob 0, ratio 1, nothing to report
         loss, st = clipped_surrogate(scored.logprobs, old, adv, loss_mask, self.clip_low, self.clip_high,
-                                     num_tokens=n_loss, stats_mask=decision)
+                                     num_tokens=n_loss, stats_mask=decision, weights=weights)
         loss.backward()
         n = float(decision.sum())
         ent = float((scored.entropy * decision).sum() / max(n, 1.0))
@@ -178,6 +188,7 @@ class RLConfig:
     micro_batch: int = 16  # policy calls per forward/backward (memory only)
     max_grad_norm: float = 1.0
     loss_tokens: str = "all"  # "all" action tokens, or "executed": only numbers that reach the env
+    loss_agg: str = "token-mean"  # or "trajectory-mean": every trajectory weighs the same (vla0.rl.grpo)
     lora_rank: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -222,6 +233,8 @@ def check_rl_config(cfg: RLConfig) -> None:
         raise ValueError(f"--temperature must be > 0 for sampled rollouts, got {cfg.temperature}")
     if cfg.loss_tokens not in ("all", "executed"):
         raise ValueError(f"--loss-tokens must be 'all' or 'executed', got {cfg.loss_tokens!r}")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"--loss-agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got {cfg.loss_agg!r}")
     if not (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0):
         raise ValueError(f"clip bounds must satisfy 0 <= low < 1 and high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
     if cfg.iterations is None and cfg.minutes is None:
@@ -280,6 +293,7 @@ class RLTrainer:
                                temperature=cfg.temperature, epochs=cfg.epochs, minibatches=cfg.minibatches,
                                micro_batch=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm,
                                loss_numbers=used_rows * config.action_dim if cfg.loss_tokens == "executed" else None,
+                               loss_agg=cfg.loss_agg,
                                seed=cfg.seed, device=self.device)
         self.iteration = 0
         self.next_group = 0
