@@ -2,6 +2,7 @@
 policy decodes with HF generate or the fast exact decoder, in process or through `vla0 serve`."""
 
 import numpy as np
+import pytest
 
 from vla0.client import RemotePolicy
 from vla0.eval.evaluate import evaluate
@@ -58,3 +59,24 @@ def test_eval_through_server_matches_in_process(metaworld_policy_dir, tmp_path):
     for a, b in zip(local.actions, remote.actions):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert local_results["tasks"] == remote_results["tasks"]
+
+
+def test_skipping_unread_frames_changes_nothing(metaworld_policy_dir, tmp_path, monkeypatch):
+    """Executing whole 2-step chunks, the envs render only every other frame, and every action is what
+    a policy that sees every frame does."""
+    from vla0.sim.parallel import EnvPool
+    flags = []
+    step = EnvPool.step
+    monkeypatch.setattr(EnvPool, "step", lambda self, a, ids=None, render=None: flags.append(render) or step(self, a, ids, render))
+    skipping = VLA0Policy.from_pretrained(metaworld_policy_dir, action_horizon=2, ensemble=1)
+    every = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, action_horizon=2, ensemble=1))  # no needs_observation
+    recorded = Recording(skipping)
+    recorded.needs_observation = skipping.needs_observation
+    a = evaluate(recorded, out=tmp_path / "skip", **{**KWARGS, "episodes": 1})
+    assert flags[:6] == [[False], [True]] * 3
+    b = evaluate(every, out=tmp_path / "every", **{**KWARGS, "episodes": 1})
+    assert all(f == [True] for f in flags[6:])
+    np.testing.assert_allclose(np.concatenate(recorded.actions), np.concatenate(every.actions), atol=1e-6)
+    assert a["tasks"] == b["tasks"]
+    with pytest.raises(ValueError, match="action_horizon must be in 1..2"):
+        VLA0Policy.from_pretrained(metaworld_policy_dir, action_horizon=3)

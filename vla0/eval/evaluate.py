@@ -29,6 +29,9 @@ class Policy(Protocol):
 
     def select_action(self, obs: dict, env_ids: list[int]) -> np.ndarray: ...
 
+    # Optional: needs_observation(env_ids) -> list[bool], False where the next select_action will
+    # not look at that env's observation (actions queued from a chunk); those frames are not rendered.
+
 
 def batch_obs(observations: list[dict], task_names: list[str]) -> dict:
     """Stack per-env observation dicts into one batch dict (strings become lists)."""
@@ -64,11 +67,15 @@ def _run_task(pool, policy, task, specs, seeds, batch, bar, videos, video_dir, v
         actions = np.asarray(policy.select_action(obs, ids), dtype=np.float32)
         if actions.ndim != 2 or actions.shape[0] != len(ids) or actions.shape[1] != 4:
             raise ValueError(f"policy {policy.name!r} returned actions of shape {actions.shape}, expected ({len(ids)}, 4)")
-        results = pool.step(list(actions), ids=ids)
-        for slot, (next_obs, _, term, trunc, info) in zip(ids, results):
+        wanted = policy.needs_observation(ids) if hasattr(policy, "needs_observation") else [True] * len(ids)
+        render = [w or active[s][3] is not None for s, w in zip(ids, wanted)]  # video episodes see every frame
+        results = pool.step(list(actions), ids=ids, render=render)
+        for slot, r, (next_obs, _, term, trunc, info) in zip(ids, render, results):
             ep = active[slot]
             if ep[3] is not None:
                 ep[3].append({k: v for k, v in ep[1].items() if k.startswith("observation.images.")})
+            if not r:  # keep the last frames so the batch stays rectangular; the policy will not read them
+                next_obs = {**{k: v for k, v in ep[1].items() if k.startswith("observation.images.")}, **next_obs}
             ep[1], ep[2] = next_obs, ep[2] + 1
             if not (term or trunc):
                 continue

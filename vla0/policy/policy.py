@@ -52,6 +52,10 @@ class VLA0Policy:
 
     def __init__(self, vlm: VLM, config: PolicyConfig, device: str | torch.device = "cpu",
                  temperature: float = 0.0, name: str = "vla0", fast_decode: bool = True, relaxed_k: int = 0):
+        if not 1 <= config.action_horizon <= config.horizon:
+            raise ValueError(f"action_horizon must be in 1..{config.horizon} (the chunk length), got {config.action_horizon}")
+        if config.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {config.ensemble}")
         self.vlm = vlm
         self.config = config
         self.device = torch.device(device)
@@ -112,12 +116,17 @@ class VLA0Policy:
                 self._last_bins[int(env_ids[j])] = decoded.bins
         return np.clip(np.stack(chunks), *self.bounds)
 
+    def needs_observation(self, env_ids: list[int]) -> list[bool]:
+        """Per env: will the next select_action predict a chunk, i.e. read the observation?
+        Between chunks it only pops queued actions, so an env need not render those frames."""
+        return [self.ensembler.needs_chunk(e) or self._since_chunk.get(e, 0) >= self.config.action_horizon
+                for e in env_ids]
+
     def select_action(self, obs: dict, env_ids=None) -> np.ndarray:
         """(B, D): the next action per environment, after temporal ensembling."""
         batch = len(obs["task"]) if "task" in obs else 0
         env_ids = list(range(batch)) if env_ids is None else [int(i) for i in env_ids]
-        stale = [j for j, e in enumerate(env_ids)
-                 if self.ensembler.needs_chunk(e) or self._since_chunk.get(e, 0) >= self.config.action_horizon]
+        stale = [j for j, due in enumerate(self.needs_observation(env_ids)) if due]
         if stale:
             chunks = self.predict_action_chunk(_select_rows(obs, stale), [env_ids[j] for j in stale])
             for j, chunk in zip(stale, chunks):
