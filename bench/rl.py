@@ -40,7 +40,7 @@ from pathlib import Path
 from vla0.eval.evaluate import EVAL_SEED, evaluate
 from vla0.eval.report import compare_table, write_json_atomic
 from vla0.policy.policy import VLA0Policy, resolve_policy_dir
-from vla0.rl.learner import RLConfig, train_rl
+from vla0.rl.trainer import RLConfig, train_rl
 from vla0.rl.rollout import RolloutSettings, env_render_settings
 
 RESULTS = Path(__file__).parent / "results"

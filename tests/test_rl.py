@@ -14,7 +14,8 @@ from vla0.policy.grammar import ActionGrammar
 from vla0.policy.policy import VLA0Policy
 from vla0.prompt import collate
 from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, trajectory_token_weights, is_informative
-from vla0.rl.learner import Learner, RLConfig, RLTrainer, executed_token_mask
+from vla0.rl.learner import Learner, executed_token_mask
+from vla0.rl.trainer import RLConfig, RLTrainer
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory
 from vla0.rl.sampler import GrammarSampler, GrammarTable
 

@@ -16,9 +16,9 @@ _EXPORTS = {
     "RolloutWorker": "vla0.rl.rollout",
     "Trajectory": "vla0.rl.rollout",
     "Learner": "vla0.rl.learner",
-    "RLConfig": "vla0.rl.learner",
-    "RLTrainer": "vla0.rl.learner",
-    "train_rl": "vla0.rl.learner",
+    "RLConfig": "vla0.rl.trainer",
+    "RLTrainer": "vla0.rl.trainer",
+    "train_rl": "vla0.rl.trainer",
 }
 
 __all__ = list(_EXPORTS)

@@ -79,11 +79,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from vla0.rl.learner import RLConfig
+    from vla0.rl.trainer import RLConfig
     fields = RLConfig.__dataclass_fields__
     return RLConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
 def run(args: argparse.Namespace) -> None:
-    from vla0.rl.learner import train_rl
+    from vla0.rl.trainer import train_rl
     print(f"RL policy written to {train_rl(config_from_args(args))}")

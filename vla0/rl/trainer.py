@@ -1,0 +1,339 @@
+"""The RL loop behind `vla0 rl`: RLConfig, RLTrainer, train_rl.
+
+Each iteration: send weights to the rollout worker, collect groups with dynamic sampling (launch
+groups of n rollouts from fresh seeds, keep those with mixed outcomes, repeat until the batch is
+full or the attempt cap is hit), compute group advantages, update the learner, log one JSONL
+row, maybe evaluate on held-out seeds, maybe checkpoint (atomic, resumable); at the end export
+OUT/policy, a policy folder like the supervised trainer's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla0.config import PolicyConfig
+from vla0.rl.curves import plot_rl_curve
+from vla0.rl.grpo import dynamic_sampling, group_advantages
+from vla0.rl.learner import LOSS_AGGREGATIONS, Learner
+from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory, env_render_settings
+from vla0.train.checkpoint import TRAINER_STATE, checkpoint_name, latest_checkpoint, mark_latest, save_atomic
+
+LOG_FILE = "rl_log.jsonl"
+CONFIG_FILE = "rl_config.json"
+
+
+@dataclass
+class RLConfig:
+    policy: str  # supervised policy or run folder to start from
+    tasks: list[str]
+    out: str
+    env: str = "metaworld"
+    # GRPO (SimpleVLA-RL defaults)
+    group_size: int = 8  # rollouts per group (same task, same seed)
+    groups_per_batch: int = 64  # informative groups per update
+    max_groups_factor: float = 4.0  # dynamic sampling gives up after trying this many x groups_per_batch
+    temperature: float = 1.6
+    lr: float = 5e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    epochs: int = 1  # passes over each batch
+    minibatches: int = 1  # optimizer steps per pass
+    micro_batch: int = 16  # policy calls per forward/backward (memory only)
+    max_grad_norm: float = 1.0
+    loss_tokens: str = "all"  # "all" action tokens, or "executed": only numbers that reach the env
+    loss_agg: str = "token-mean"  # or "trajectory-mean": every trajectory weighs the same (vla0.rl.grpo)
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # rollouts
+    action_horizon: int | None = None  # steps executed per chunk; None: the policy's own setting
+    ensemble: int = 1  # temporal ensembling during rollouts (1 = off)
+    max_steps: int | None = None
+    batch_envs: int = 16
+    workers: int = 2
+    cameras: list[str] | None = None
+    image_size: list[int] | None = None
+    visible_goal: bool = True
+    rollout_seed: int = 100_000  # group g starts from seed rollout_seed + g
+    # schedule
+    iterations: int | None = None
+    minutes: float | None = None  # wall-clock budget for this process's iterations
+    eval_every: int = 0  # held-out evaluation every k iterations (0 = never; also at start and end)
+    eval_episodes: int = 10
+    eval_seed: int = 10_000
+    save_every: int = 1
+    keep_checkpoints: int = 2
+    seed: int = 0
+    resume: bool = False
+    device: str | None = None
+    progress: bool = True
+
+
+def check_rl_config(cfg: RLConfig) -> None:
+    from vla0.policy.policy import resolve_policy_dir
+    from vla0.sim.metaworld_env import check_task
+    if cfg.env != "metaworld":
+        raise ValueError(f"unknown --env {cfg.env!r}; available: metaworld")
+    if not cfg.tasks:
+        raise ValueError("give at least one task (--tasks)")
+    for t in cfg.tasks:
+        check_task(t)
+    if cfg.group_size < 2:
+        raise ValueError(f"--group-size must be >= 2 (GRPO compares rollouts within a group), got {cfg.group_size}")
+    if cfg.groups_per_batch < 1 or cfg.max_groups_factor < 1:
+        raise ValueError("--groups-per-batch must be >= 1 and --max-groups-factor >= 1")
+    if cfg.temperature <= 0:
+        raise ValueError(f"--temperature must be > 0 for sampled rollouts, got {cfg.temperature}")
+    if cfg.loss_tokens not in ("all", "executed"):
+        raise ValueError(f"--loss-tokens must be 'all' or 'executed', got {cfg.loss_tokens!r}")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"--loss-agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got {cfg.loss_agg!r}")
+    if not (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0):
+        raise ValueError(f"clip bounds must satisfy 0 <= low < 1 and high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
+    if cfg.iterations is None and cfg.minutes is None:
+        raise ValueError("give --iterations or --minutes (or both)")
+    if cfg.eval_seed + cfg.eval_episodes > cfg.rollout_seed:
+        raise ValueError(f"held-out evaluation seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} must lie "
+                         f"below the rollout seeds ({cfg.rollout_seed} upward): raise --rollout-seed")
+    resolve_policy_dir(cfg.policy)
+    out = Path(cfg.out)
+    if cfg.resume and latest_checkpoint(out) is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {out}/checkpoints")
+    if not cfg.resume and (out / "checkpoints").exists():
+        raise FileExistsError(f"{out} already holds an RL run; pass --resume to continue it or choose another --out")
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, pool=None):
+        from vla0.policy.policy import load_policy_vlm, resolve_policy_dir
+        check_rl_config(cfg)
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.source = resolve_policy_dir(cfg.policy).resolve()
+        source_config = PolicyConfig.load(self.source)
+        resume_from = latest_checkpoint(self.out) if cfg.resume else None
+        full_resume = resume_from is not None and not cfg.lora_rank
+        vlm = load_policy_vlm(resume_from if full_resume else self.source, torch.float32, self.device)
+        model = vlm.model
+        if cfg.lora_rank:
+            from peft import LoraConfig, PeftModel, get_peft_model
+            if resume_from:
+                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+            else:
+                model = get_peft_model(model, LoraConfig(**self.lora_kwargs()))
+        self.vlm = vlm
+        self.model = model
+        # Execution settings the policy is optimised (and exported) with.
+        self.action_horizon = cfg.action_horizon or source_config.action_horizon
+        config = copy.deepcopy(source_config)
+        config.action_horizon, config.ensemble = self.action_horizon, cfg.ensemble
+        config.extra = {**config.extra, "rl": {"source_policy": str(self.source), "config": asdict(cfg),
+                                               "source_execution": {"action_horizon": source_config.action_horizon,
+                                                                    "ensemble": source_config.ensemble}}}
+        self.policy_config = config
+        settings = RolloutSettings(temperature=cfg.temperature, action_horizon=self.action_horizon,
+                                   ensemble=cfg.ensemble, max_steps=cfg.max_steps, batch_envs=cfg.batch_envs,
+                                   cameras=tuple(cfg.cameras) if cfg.cameras else None,
+                                   image_size=tuple(cfg.image_size) if cfg.image_size else None,
+                                   visible_goal=cfg.visible_goal)
+        self.settings = settings
+        self.worker = RolloutWorker(model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool,
+                                    num_workers=cfg.workers, device=self.device)
+        used_rows = min(config.horizon, cfg.ensemble * self.action_horizon)
+        self.learner = Learner(model, vlm.tokenizer, vlm.image_processor, config, lr=cfg.lr, betas=cfg.betas,
+                               weight_decay=cfg.weight_decay, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                               temperature=cfg.temperature, epochs=cfg.epochs, minibatches=cfg.minibatches,
+                               micro_batch=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm,
+                               loss_numbers=used_rows * config.action_dim if cfg.loss_tokens == "executed" else None,
+                               loss_agg=cfg.loss_agg,
+                               seed=cfg.seed, device=self.device)
+        self.iteration = 0
+        self.next_group = 0
+        self._saved_at = None
+        if resume_from:
+            state = torch.load(resume_from / TRAINER_STATE, weights_only=False)
+            self.learner.load_state_dict(state["learner"])
+            self.iteration, self.next_group = state["iteration"], state["next_group"]
+            torch.set_rng_state(state["torch_rng"])
+        self.cameras, self.image_size = env_render_settings(config, settings)
+
+    def lora_kwargs(self) -> dict:
+        cfg = self.cfg
+        return dict(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets), lora_dropout=0.0)
+
+    # -- rollouts with dynamic sampling ---------------------------------------------------------
+    def collect(self) -> tuple[list[Trajectory], dict]:
+        cfg = self.cfg
+        cap = math.ceil(cfg.groups_per_batch * cfg.max_groups_factor)
+        kept_groups: dict[int, list[Trajectory]] = {}
+        tried, rounds, all_trajs = 0, 0, []
+        kept_rate = 1.0
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + self.iteration)
+        while len(kept_groups) < cfg.groups_per_batch and tried < cap:
+            deficit = cfg.groups_per_batch - len(kept_groups)
+            # launch enough groups to fill the deficit at the kept rate seen so far (fills env slots too)
+            launch = min(cap - tried, max(deficit, math.ceil(deficit / max(kept_rate, 0.25))))
+            jobs = []
+            for _ in range(launch):
+                g = self.next_group
+                self.next_group += 1
+                jobs.append(RolloutJob(g, cfg.tasks[g % len(cfg.tasks)], cfg.rollout_seed + g, cfg.group_size))
+            trajs = self.worker.run(jobs, gen)
+            all_trajs += trajs
+            tried += launch
+            rounds += 1
+            by_group: dict[int, list[Trajectory]] = {}
+            for t in trajs:
+                by_group.setdefault(t.group, []).append(t)
+            kept, _ = dynamic_sampling({g: [t.reward for t in ts] for g, ts in by_group.items()},
+                                       target=cfg.groups_per_batch - len(kept_groups))
+            for g in kept:
+                kept_groups[g] = by_group[g]
+            kept_rate = max(len(kept_groups), 1e-9) / tried if kept_groups else 0.0
+        kept_trajs = [t for ts in kept_groups.values() for t in ts]
+        per_task = {}
+        for task in cfg.tasks:
+            rs = [t.reward for t in all_trajs if t.task == task]
+            if rs:
+                per_task[task] = float(np.mean(rs))
+        info = {"rollout_success_rate": float(np.mean([t.reward for t in all_trajs])) if all_trajs else 0.0,
+                "rollout_success_by_task": per_task,
+                "groups_tried": tried, "groups_kept": len(kept_groups),
+                "kept_fraction": len(kept_groups) / tried if tried else 0.0, "sampling_rounds": rounds,
+                "episodes": len(all_trajs), "env_steps": int(sum(t.length for t in all_trajs)),
+                "policy_calls": int(sum(len(t.steps) for t in all_trajs))}
+        return kept_trajs, info
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, tag: str) -> dict:
+        from vla0.eval.evaluate import evaluate
+        from vla0.model.vlm import VLM
+        from vla0.policy.policy import VLA0Policy
+        cfg = self.cfg
+        policy = VLA0Policy(VLM(self.model, self.vlm.tokenizer, self.vlm.image_processor), self.policy_config,
+                            self.device, temperature=0.0, name=f"vla0-rl@{tag}")
+        res = evaluate(policy, cfg.tasks, cfg.eval_episodes, seed=cfg.eval_seed, out=self.out / "eval" / tag,
+                       cameras=self.cameras, image_size=self.image_size, num_workers=cfg.workers,
+                       batch_envs=cfg.batch_envs, max_steps=cfg.max_steps, videos=0, progress=False,
+                       visible_goal=cfg.visible_goal)
+        return {"eval_success_rate": res["mean_success_rate"],
+                "eval_success_by_task": {t: r["success_rate"] for t, r in res["tasks"].items()}}
+
+    # -- loop -----------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+        log_path = self.out / LOG_FILE
+        t_start = time.perf_counter()
+        last_iter = 0.0
+        try:
+            if cfg.eval_every and self.iteration == 0:
+                t0 = time.perf_counter()
+                row = {"iteration": 0, **self.evaluate("iter-0000"), "eval_seconds": time.perf_counter() - t0}
+                self._log(log_path, row)
+            while True:
+                if cfg.iterations is not None and self.iteration >= cfg.iterations:
+                    break
+                elapsed = time.perf_counter() - t_start
+                if cfg.minutes is not None and self.iteration > 0 and elapsed + last_iter > cfg.minutes * 60:
+                    break  # the next iteration would overrun the budget
+                t_iter = time.perf_counter()
+                row = self.step()
+                last_iter = time.perf_counter() - t_iter
+                row["wall_minutes"] = (time.perf_counter() - t_start) / 60
+                self._log(log_path, row)
+                if cfg.save_every and self.iteration % cfg.save_every == 0:
+                    self.save_checkpoint()
+            if cfg.eval_every and self.iteration % cfg.eval_every != 0:
+                t0 = time.perf_counter()
+                self._log(log_path, {"iteration": self.iteration, **self.evaluate(f"iter-{self.iteration:04d}"),
+                                     "eval_seconds": time.perf_counter() - t0})
+        finally:
+            self.worker.close()
+        if self._saved_at != self.iteration:
+            self.save_checkpoint()
+        try:
+            plot_rl_curve(log_path, self.out / "learning_curve.png")
+        except Exception as e:  # a plot must never lose a finished run
+            print(f"vla0 rl: learning curve not drawn: {e}")
+        return self.export_policy()
+
+    def step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.worker.set_weights(self.learner.weights())
+        trajs, info = self.collect()
+        t1 = time.perf_counter()
+        rewards = [t.reward for t in trajs]
+        adv = group_advantages(rewards, [t.group for t in trajs]) if trajs else np.zeros(0)
+        stats = self.learner.update(trajs, adv) if trajs else {}
+        t2 = time.perf_counter()
+        self.iteration += 1
+        row = {"iteration": self.iteration, **info,
+               "mean_abs_advantage": float(np.mean(np.abs(adv))) if len(adv) else 0.0,
+               "clip_fraction": stats.get("clip_fraction"), "entropy": stats.get("entropy"),
+               "approx_kl": stats.get("approx_kl"), "ratio_mean": stats.get("ratio_mean"),
+               "loss": stats.get("loss"), "grad_norm": stats.get("grad_norm"),
+               "optimizer_steps": stats.get("optimizer_steps", 0), "update_samples": stats.get("samples", 0),
+               "loss_tokens": stats.get("loss_tokens", 0), "lr": cfg.lr,
+               "rollout_seconds": t1 - t0, "update_seconds": t2 - t1,
+               "model_seconds": self.worker.stats["model_seconds"], "env_seconds": self.worker.stats["env_seconds"]}
+        self.worker.stats.update(model_seconds=0.0, env_seconds=0.0)
+        if not trajs:
+            row["skipped_update"] = "no group with mixed outcomes within the attempt cap"
+        if cfg.eval_every and self.iteration % cfg.eval_every == 0:
+            t3 = time.perf_counter()
+            row.update(self.evaluate(f"iter-{self.iteration:04d}"))
+            row["eval_seconds"] = time.perf_counter() - t3
+        return row
+
+    def _log(self, path: Path, row: dict) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.cfg.progress:
+            keys = ("rollout_success_rate", "kept_fraction", "mean_abs_advantage", "clip_fraction", "entropy",
+                    "approx_kl", "rollout_seconds", "update_seconds", "eval_success_rate")
+            parts = [f"{k}={row[k]:.3g}" for k in keys if isinstance(row.get(k), (int, float))]
+            print(f"[rl] iter {row['iteration']}: " + " ".join(parts), flush=True)
+
+    # -- saving ---------------------------------------------------------------------------------
+    def _write_policy(self, folder: Path, merged: bool) -> None:
+        config = copy.deepcopy(self.policy_config)
+        model = self.model
+        if self.cfg.lora_rank and merged:
+            model = copy.deepcopy(model).merge_and_unload()
+        elif self.cfg.lora_rank:
+            config.base_model = str(self.source)  # an adapter loads on top of the policy RL started from
+        model.save_pretrained(folder)
+        self.vlm.save_processor(folder)
+        config.save(folder)
+
+    def save_checkpoint(self) -> Path:
+        def write(tmp: Path) -> None:
+            self._write_policy(tmp, merged=False)
+            torch.save({"learner": self.learner.state_dict(), "iteration": self.iteration,
+                        "next_group": self.next_group, "torch_rng": torch.get_rng_state()}, tmp / TRAINER_STATE)
+        folder = save_atomic(self.out / "checkpoints" / checkpoint_name(self.iteration), write)
+        mark_latest(self.out, folder, self.cfg.keep_checkpoints)
+        self._saved_at = self.iteration
+        return folder
+
+    def export_policy(self) -> Path:
+        """OUT/policy: full (LoRA-merged) weights, tokenizer, image processor, vla0_policy.json."""
+        return save_atomic(self.out / "policy", lambda tmp: self._write_policy(tmp, merged=True))
+
+
+def train_rl(cfg: RLConfig, pool=None) -> Path:
+    return RLTrainer(cfg, pool=pool).train()
