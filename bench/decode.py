@@ -39,7 +39,8 @@ import torch  # noqa: E402
 from vla0.config import PolicyConfig  # noqa: E402
 from vla0.model.tiny import build_model  # noqa: E402
 from vla0.model.vlm import load_vlm  # noqa: E402
-from vla0.policy.fast_decode import FastDecoder, draft_candidates, draft_from_bins  # noqa: E402
+from vla0.policy.drafts import draft_candidates, draft_from_bins  # noqa: E402
+from vla0.policy.fast_decode import FastDecoder  # noqa: E402
 from vla0.policy.policy import VLA0Policy  # noqa: E402
 from vla0.policy.grammar import GrammarLogitsProcessor  # noqa: E402
 from vla0.prompt import collate  # noqa: E402

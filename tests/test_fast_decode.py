@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 from vla0.config import PolicyConfig
 from vla0.model.tiny import build_model
 from vla0.model.tokenizer import build_tokenizer
-from vla0.policy.fast_decode import _KV, FastDecoder, _GrammarFSM, draft_from_bins
-from vla0.policy.grammar import ActionGrammar, GrammarLogitsProcessor
-from vla0.prompt import collate
+from vla0.policy.drafts import draft_from_bins
+from vla0.policy.fast_decode import FastDecoder
+from vla0.policy.grammar import ActionGrammar, GrammarLogitsProcessor, GrammarStateMachine
+from vla0.policy.kv_cache import KVCache
 from vla0.policy.policy import VLA0Policy
+from vla0.prompt import collate
 
 SHAPES = {"small": (2, 4, 100), "wide": (3, 3, 1000), "paper": (8, 7, 1000)}
 FAST_SHAPES = ["small", "wide"]
@@ -83,7 +85,7 @@ def test_fsm_matches_grammar(choices, shape):
     if "tok" not in _TOK:
         _TOK["tok"] = build_tokenizer()
     grammar = ActionGrammar(_TOK["tok"], H * D, B)
-    fsm = _GrammarFSM(grammar)
+    fsm = GrammarStateMachine(grammar)
     state, ids = (0, "", False), []
     for c in choices:
         allowed = grammar.allowed(ids)
@@ -206,8 +208,8 @@ def test_batched_equals_one_by_one(policies, shape, monkeypatch):
     packing = decoder(pol, max_draft=12)
     packing.pack_min = 0  # pack the rows' valid cache columns whenever some are masked
     gathers = []
-    original = _KV.gather
-    monkeypatch.setattr(_KV, "gather", lambda self, cols: (gathers.append(1), original(self, cols)))
+    original = KVCache.gather
+    monkeypatch.setattr(KVCache, "gather", lambda self, cols: (gathers.append(1), original(self, cols)))
     assert packing.decode(prompts, drafts) == base
     assert gathers
     assert decoder(pol, speculative=False).decode(prompts) == base
@@ -215,7 +217,7 @@ def test_batched_equals_one_by_one(policies, shape, monkeypatch):
 
 def test_paper_shape_closed_loop(paper):
     """H=8, D=7, B=1000: a replayed episode (previous chunk as draft), batched and one by one."""
-    from vla0.policy.fast_decode import draft_candidates
+    from vla0.policy.drafts import draft_candidates
     rng = np.random.default_rng(3)
     base_img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     dec, dec1 = decoder(paper), decoder(paper, batch_draft_tokens=24)

@@ -44,98 +44,11 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from vla0.policy.grammar import ActionGrammar
+from vla0.policy.drafts import draft_candidates, draft_from_bins, is_nested
+from vla0.policy.grammar import ActionGrammar, GrammarStateMachine
+from vla0.policy.kv_cache import KVCache, first_update
 
 _FINISHED = (-1, "", True)
-
-
-def draft_from_bins(prev_bins, shift: int = 1) -> list[int]:
-    """The draft for a new chunk: the previous chunk's bins (H, D) without its first `shift`
-    steps (the steps executed since it was predicted), flattened."""
-    prev = np.asarray(prev_bins)
-    return [int(v) for v in prev[shift:].reshape(-1)]
-
-
-class _GrammarFSM:
-    """ActionGrammar as an incremental state machine. A state is (numbers completed, digits of
-    the number being written, finished); allowed sets equal ActionGrammar.allowed's."""
-
-    def __init__(self, grammar: ActionGrammar):
-        self.N, self.B = grammar.num_values, grammar.num_bins
-        self.space, self.end = grammar.space_id, grammar.end_id
-        self.digit_ids = list(grammar.digit_ids)
-        self.digit_of = {t: d for d, t in enumerate(self.digit_ids)}
-        self.ids = sorted(set(self.digit_ids) | {self.space, self.end})  # vocab order: argmax ties
-        self.col = {t: i for i, t in enumerate(self.ids)}
-        self._memo: dict[tuple[bool, str], tuple[int, ...]] = {}
-        self._masks: dict[tuple, np.ndarray] = {}
-        self.ids_arr = np.asarray(self.ids)
-
-    def allowed(self, state) -> tuple[int, ...]:
-        """Allowed token ids, ascending."""
-        done, cur, finished = state
-        if finished:
-            return (self.end,)
-        last = done + 1 >= self.N
-        key = (last, cur)
-        out = self._memo.get(key)
-        if out is None:
-            if not cur:
-                toks = [t for d, t in enumerate(self.digit_ids) if d <= self.B]
-            else:
-                toks = [] if cur == "0" else [t for d, t in enumerate(self.digit_ids) if int(cur + str(d)) <= self.B]
-                toks.append(self.end if last else self.space)
-            out = self._memo[key] = tuple(sorted(toks))
-        return out
-
-    def mask(self, state) -> np.ndarray:
-        """Allowed tokens as a boolean vector over self.ids."""
-        key = (state[2], state[0] + 1 >= self.N, state[1])
-        m = self._masks.get(key)
-        if m is None:
-            m = np.zeros(len(self.ids), bool)
-            m[[self.col[t] for t in self.allowed(state)]] = True
-            self._masks[key] = m
-        return m
-
-    def advance(self, state, tok: int):
-        done, cur, finished = state
-        if finished or tok == self.end:
-            return (done + 1 if not finished else done, "", True)
-        if tok == self.space:
-            return (done + 1, "", False)
-        return (done, cur + str(self.digit_of[tok]), False)
-
-
-class _KV:
-    """Minimal KV cache with the `update` interface the attention layers call."""
-
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
-        self.layers = [list(kv) for kv in layers]
-
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-        k, v = self.layers[layer_idx]
-        k = torch.cat([k, key_states], dim=-2)
-        v = torch.cat([v, value_states], dim=-2)
-        self.layers[layer_idx] = [k, v]
-        return k, v
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[layer_idx][0].shape[-2]
-
-    def crop(self, length: int) -> None:
-        for kv in self.layers:
-            kv[0], kv[1] = kv[0][..., :length, :], kv[1][..., :length, :]
-
-    def gather(self, columns: torch.Tensor) -> None:
-        """Keep, per row, the given columns (rows, width) in that order."""
-        for kv in self.layers:
-            idx = columns[:, None, :, None].expand(-1, kv[0].shape[1], -1, kv[0].shape[-1])
-            kv[0], kv[1] = kv[0].gather(2, idx), kv[1].gather(2, idx)
-
-    def select(self, rows: torch.Tensor) -> None:
-        for kv in self.layers:
-            kv[0], kv[1] = kv[0][rows], kv[1][rows]
 
 
 class _Row:
@@ -182,7 +95,7 @@ class FastDecoder:
         self.model = model
         self.tokenizer = tokenizer
         self.grammar = grammar
-        self.fsm = _GrammarFSM(grammar)
+        self.fsm = GrammarStateMachine(grammar)
         self.prefix_cache = prefix_cache
         self.forced = forced
         self.speculative = speculative
@@ -266,12 +179,12 @@ class FastDecoder:
             ctx_pos.append(pos[:, prefix_len:].cpu().numpy())
             row.pos = int(pos.max()) + 1
         if prefix_kv is not None:
-            cache = _KV([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv])
+            cache = KVCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv])
             valid = torch.ones(B, prefix_len, dtype=torch.bool, device=device)
         else:
             empty = torch.zeros(B, lm.config.num_key_value_heads, 0, self._head_dim(),
                                 dtype=weight.dtype, device=device)
-            cache = _KV([(empty, empty) for _ in range(lm.config.num_hidden_layers)])
+            cache = KVCache([(empty, empty) for _ in range(lm.config.num_hidden_layers)])
             valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
         budget = self._budget(B, first=True)
         drafted = [self._branches(r, budget) for r in rows]
@@ -420,8 +333,8 @@ class FastDecoder:
         if kv is None:
             lm = self.model.model.language_model
             device = lm.embed_tokens.weight.device
-            cache = _KV([(None, None)] * lm.config.num_hidden_layers)
-            cache.update = _first_update(cache)
+            cache = KVCache([(None, None)] * lm.config.num_hidden_layers)
+            cache.update = first_update(cache)
             embeds = lm.embed_tokens(torch.tensor([key], device=device))
             pos = torch.arange(n, device=device).view(1, 1, -1).expand(3, 1, -1)
             mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
@@ -441,7 +354,7 @@ class FastDecoder:
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         return {"full_attention": mask, "sliding_attention": mask}
 
-    def _forward(self, lm, feeds, positions, segments, cache: _KV, valid, images, device):
+    def _forward(self, lm, feeds, positions, segments, cache: KVCache, valid, images, device):
         """One forward pass over per-row token lists (padded to the longest) with their rope
         positions (3, len) and segment ids (0 context, b > 0 draft branch b)."""
         B = len(feeds)
@@ -615,7 +528,7 @@ class FastDecoder:
         """None, one flat list of numbers, or several (alternatives, the first preferred)."""
         if draft is None:
             return None
-        arr = [np.asarray(c).reshape(-1) for c in draft] if _is_nested(draft) else [np.asarray(draft).reshape(-1)]
+        arr = [np.asarray(c).reshape(-1) for c in draft] if is_nested(draft) else [np.asarray(draft).reshape(-1)]
         out = [[min(max(int(v), 0), self.fsm.B) for v in c] for c in arr if len(c)]
         return out or None
 
@@ -726,24 +639,3 @@ class FastDecoder:
                 break
             toks.extend(digits[int(c)] for c in str(v))
         return toks[:limit]
-
-
-def _is_nested(draft) -> bool:
-    if isinstance(draft, np.ndarray):
-        return False
-    return len(draft) > 0 and isinstance(draft[0], (list, tuple, np.ndarray))
-
-
-def draft_candidates(prev_bins, shift: int = 1) -> list[list[int]]:
-    """Alternative drafts from the previous chunk: shifted by the steps executed since it was
-    predicted (preferred), by one step less (the model repeated itself) and by one more."""
-    prev = np.asarray(prev_bins)
-    shifts = [shift] + [s for s in (shift - 1, shift + 1) if 0 <= s < len(prev)]
-    return [[int(v) for v in prev[s:].reshape(-1)] for s in shifts]
-
-
-def _first_update(cache: _KV):
-    def update(key_states, value_states, layer_idx, cache_kwargs=None):
-        cache.layers[layer_idx] = [key_states, value_states]
-        return key_states, value_states
-    return update

@@ -5,6 +5,7 @@ without asking the model."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -64,3 +65,54 @@ class GrammarLogitsProcessor(LogitsProcessor):
         for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
             mask[row, self.grammar.allowed(ids)] = 0.0
         return scores + mask
+
+
+class GrammarStateMachine:
+    """ActionGrammar as an incremental state machine. A state is (numbers completed, digits of
+    the number being written, finished); allowed sets equal ActionGrammar.allowed's."""
+
+    def __init__(self, grammar: ActionGrammar):
+        self.N, self.B = grammar.num_values, grammar.num_bins
+        self.space, self.end = grammar.space_id, grammar.end_id
+        self.digit_ids = list(grammar.digit_ids)
+        self.digit_of = {t: d for d, t in enumerate(self.digit_ids)}
+        self.ids = sorted(set(self.digit_ids) | {self.space, self.end})  # vocab order: argmax ties
+        self.col = {t: i for i, t in enumerate(self.ids)}
+        self._memo: dict[tuple[bool, str], tuple[int, ...]] = {}
+        self._masks: dict[tuple, np.ndarray] = {}
+        self.ids_arr = np.asarray(self.ids)
+
+    def allowed(self, state) -> tuple[int, ...]:
+        """Allowed token ids, ascending."""
+        done, cur, finished = state
+        if finished:
+            return (self.end,)
+        last = done + 1 >= self.N
+        key = (last, cur)
+        out = self._memo.get(key)
+        if out is None:
+            if not cur:
+                toks = [t for d, t in enumerate(self.digit_ids) if d <= self.B]
+            else:
+                toks = [] if cur == "0" else [t for d, t in enumerate(self.digit_ids) if int(cur + str(d)) <= self.B]
+                toks.append(self.end if last else self.space)
+            out = self._memo[key] = tuple(sorted(toks))
+        return out
+
+    def mask(self, state) -> np.ndarray:
+        """Allowed tokens as a boolean vector over self.ids."""
+        key = (state[2], state[0] + 1 >= self.N, state[1])
+        m = self._masks.get(key)
+        if m is None:
+            m = np.zeros(len(self.ids), bool)
+            m[[self.col[t] for t in self.allowed(state)]] = True
+            self._masks[key] = m
+        return m
+
+    def advance(self, state, tok: int):
+        done, cur, finished = state
+        if finished or tok == self.end:
+            return (done + 1 if not finished else done, "", True)
+        if tok == self.space:
+            return (done + 1, "", False)
+        return (done, cur + str(self.digit_of[tok]), False)

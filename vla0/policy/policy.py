@@ -17,7 +17,8 @@ from vla0.config import POLICY_FILE, PolicyConfig
 from vla0.ensemble import TemporalEnsembler
 from vla0.images import check_image
 from vla0.model.vlm import VLM, check_model_folder, load_processor, load_vlm
-from vla0.policy.fast_decode import FastDecoder, draft_candidates
+from vla0.policy.drafts import draft_candidates
+from vla0.policy.fast_decode import FastDecoder
 from vla0.policy.grammar import ActionGrammar, GrammarLogitsProcessor
 from vla0.prompt import PromptEncoder, collate
 
