@@ -44,11 +44,12 @@ def test_fast_decoder_gives_the_same_episodes_as_generate(metaworld_policy_dir, 
     assert fast.policy.decoder.stats["forward_passes"] < fast.policy.decoder.stats["tokens"]
 
 
-def test_eval_through_server_matches_in_process(metaworld_policy_dir, tmp_path):
+@pytest.mark.parametrize("execution", [{}, {"action_horizon": 2, "ensemble": 1}], ids=["ensemble2", "chunks"])
+def test_eval_through_server_matches_in_process(metaworld_policy_dir, tmp_path, execution):
     kwargs = KWARGS
-    local = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir))
+    local = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, **execution))
     local_results = evaluate(local, out=tmp_path / "local", **kwargs)
-    server = PolicyServer(VLA0Policy.from_pretrained(metaworld_policy_dir), ServeConfig(port=0))
+    server = PolicyServer(VLA0Policy.from_pretrained(metaworld_policy_dir, **execution), ServeConfig(port=0))
     with ServerThread(server) as running:
         remote = Recording(RemotePolicy(running.url))
         try:

@@ -17,6 +17,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
+from vla0.ensemble import TemporalEnsembler
 from vla0.serve.protocol import packb, unpackb
 
 log = logging.getLogger("vla0.client")
@@ -122,9 +123,12 @@ def _row(obs: dict, i: int, keys) -> dict:
 
 
 class RemotePolicy:
-    """The evaluation Policy protocol, served remotely: one WebSocket session per environment id
-    (so each environment has its own server-side ensembling), rows sent concurrently so the
-    server batches them. malformed_outputs stays 0: the server does not report it per request."""
+    """The evaluation Policy protocol, served remotely: one WebSocket session per environment id,
+    rows sent concurrently so the server batches them. Chunks are executed here exactly as
+    VLA0Policy.select_action executes them in process (the server's metadata gives
+    action_horizon, ensemble and the action bounds): a new chunk every `action_horizon` steps,
+    temporal ensembling over the chunks the server returned. malformed_outputs stays 0: the
+    server does not report it per request."""
     needs_images = True
 
     def __init__(self, url: str, api_key: str | None = None, name: str = "vla0-remote", max_workers: int = 32):
@@ -134,6 +138,12 @@ class RemotePolicy:
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="vla0-remote")
         self.metadata = self._client(-1).metadata  # fail early on a wrong url or key
         self._clients.pop(-1).close()
+        meta = self.metadata
+        self.action_horizon = int(meta.get("action_horizon", 1))
+        self.ensembler = TemporalEnsembler(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)))
+        bounds = meta.get("action_bounds") or {}
+        self.bounds = (np.asarray(bounds.get("min", -np.inf), np.float32), np.asarray(bounds.get("max", np.inf), np.float32))
+        self._since_chunk: dict[int, int] = {}
 
     def _client(self, env_id: int) -> PolicyClient:
         if env_id not in self._clients:
@@ -142,16 +152,32 @@ class RemotePolicy:
 
     def reset(self, env_ids: list[int] | None = None) -> None:
         ids = list(self._clients) if env_ids is None else [int(i) for i in env_ids]
+        self.ensembler.reset(None if env_ids is None else ids)
+        for i in (list(self._since_chunk) if env_ids is None else ids):
+            self._since_chunk.pop(i, None)
         list(self._pool.map(lambda i: self._clients[i].reset(), [i for i in ids if i in self._clients]))
+
+    def needs_observation(self, env_ids: list[int]) -> list[bool]:
+        return [self.ensembler.needs_chunk(int(e)) or self._since_chunk.get(int(e), 0) >= self.action_horizon
+                for e in env_ids]
 
     def select_action(self, obs: dict, env_ids: list[int]) -> np.ndarray:
         """obs batched (one row per env) -> (B, D) float32."""
         env_ids = [int(i) for i in env_ids]
-        keys = [k for k in (*self.metadata["image_keys"], "observation.state", "task") if k in obs]
-        clients = [self._client(e) for e in env_ids]  # connect sequentially, infer concurrently
-        rows = [_row(obs, j, keys) for j in range(len(env_ids))]
-        replies = self._pool.map(lambda cr: cr[0].infer(cr[1])["action"], zip(clients, rows))
-        return np.stack(list(replies)).astype(np.float32)
+        stale = [j for j, due in enumerate(self.needs_observation(env_ids)) if due]
+        if stale:
+            keys = [k for k in (*self.metadata["image_keys"], "observation.state", "task") if k in obs]
+            clients = [self._client(env_ids[j]) for j in stale]  # connect sequentially, infer concurrently
+            rows = [_row(obs, j, keys) for j in stale]
+            chunks = self._pool.map(lambda cr: cr[0].infer(cr[1])["actions"], zip(clients, rows))
+            for j, chunk in zip(stale, chunks):
+                self.ensembler.add(env_ids[j], np.asarray(chunk, np.float32))
+                self._since_chunk[env_ids[j]] = 0
+        actions = []
+        for e in env_ids:
+            actions.append(self.ensembler.pop(e))
+            self._since_chunk[e] += 1
+        return np.clip(np.stack(actions), *self.bounds).astype(np.float32)
 
     def close(self) -> None:
         for c in self._clients.values():
