@@ -79,6 +79,21 @@ def build_weak_policy(args, work: Path) -> Path:
     return run
 
 
+def sampled_evals(args, source: Path, policy_dir: Path, work: Path, cameras, size) -> dict:
+    """Before and after as stochastic policies: sampling at --sampled-eval-temperature (what RL
+    optimises), same seeds, the torch RNG seeded identically for both."""
+    import torch
+    t = args.sampled_eval_temperature
+    out = {}
+    for tag, folder in (("before", source), ("after", policy_dir)):
+        policy = VLA0Policy.from_pretrained(folder, action_horizon=args.action_horizon, ensemble=args.ensemble,
+                                            temperature=t, name=f"{tag} (sampled, T={t:g})")
+        torch.manual_seed(args.seed)
+        print(f"[bench rl] {tag}, sampled at temperature {t:g}")
+        out[f"{tag}_sampled"] = {**run_eval(policy, args, work / f"eval_{tag}_sampled", cameras, size), "temperature": t}
+    return out
+
+
 def run_eval(policy, args, out: Path, cameras, size) -> dict:
     res = evaluate(policy, args.tasks, args.episodes, seed=args.eval_seed, out=out, cameras=cameras, image_size=size,
                    num_workers=args.workers, batch_envs=args.batch_envs, max_steps=args.max_steps, videos=args.videos,
@@ -120,12 +135,25 @@ def main():
     ap.add_argument("--work", default="runs/bench_rl", help="RL run and evaluation folders")
     ap.add_argument("--out", default=str(RESULTS / "rl.json"))
     ap.add_argument("--resume", action="store_true", help="continue the RL run in --work")
+    ap.add_argument("--sampled-eval-temperature", type=float, default=1.0,
+                    help="also evaluate before/after sampling at this temperature (0: greedy only)")
+    ap.add_argument("--sampled-eval-only", action="store_true",
+                    help="no RL: add the sampled evaluations of the finished run in --work to --out")
     args = ap.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     work = Path(args.work)
+    if args.sampled_eval_only:
+        report = json.loads(Path(args.out).read_text())
+        native = VLA0Policy.from_pretrained(report["policy"])
+        cameras, size = env_render_settings(native.config, RolloutSettings(action_horizon=args.action_horizon,
+                                                                          ensemble=args.ensemble))
+        report.update(sampled_evals(args, Path(report["policy"]), work / "run" / "policy", work, cameras, size))
+        write_json_atomic(report, Path(args.out))
+        print(compare_table({k: report[k] for k in ("before", "after", "before_sampled", "after_sampled")}))
+        return
     if (work / "run").exists() and not args.resume:
         shutil.rmtree(work / "run")  # a fresh RL run; a built weak policy is kept and reused
-    for old in ("eval_before", "eval_before_native", "eval_after"):
+    for old in ("eval_before", "eval_before_native", "eval_after", "eval_before_sampled", "eval_after_sampled"):
         shutil.rmtree(work / old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -164,6 +192,8 @@ def main():
     after = VLA0Policy.from_pretrained(policy_dir, temperature=0.0, name="after")
     print("[bench rl] after")
     results["after"] = run_eval(after, args, work / "eval_after", cameras, size)
+    if args.sampled_eval_temperature > 0:
+        results.update(sampled_evals(args, source, policy_dir, work, cameras, size))
 
     log = [json.loads(line) for line in (work / "run" / "rl_log.jsonl").read_text().splitlines() if line.strip()]
     iters = [r for r in log if "rollout_success_rate" in r]
@@ -174,7 +204,7 @@ def main():
     report = {
         "before": results["before"],
         "after": results["after"],
-        **({"before_policy_settings": results["before_policy_settings"]} if "before_policy_settings" in results else {}),
+        **{k: results[k] for k in ("before_policy_settings", "before_sampled", "after_sampled") if k in results},
         "episodes_per_task": args.episodes,
         "wall_minutes": round(rl_minutes, 2),
         "total_minutes": round((time.perf_counter() - t_all) / 60, 2),
@@ -200,7 +230,7 @@ def main():
                     "load_average_1m_at_start": load_1m, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
     }
     write_json_atomic(report, Path(args.out))
-    print(compare_table({"before": results["before"], "after": results["after"]}))
+    print(compare_table({k: results[k] for k in ("before", "after", "before_sampled", "after_sampled") if k in results}))
     print(f"[bench rl] wrote {args.out} ({len(iters)} iterations, {rl_minutes:.1f} min of RL)")
 
 
