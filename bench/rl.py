@@ -65,7 +65,7 @@ def build_weak_policy(args, work: Path) -> Path:
     data, model, run = work / "weak" / "data", work / "weak" / "model", work / "weak" / "run"
     if not (data / "meta" / "info.json").exists():
         print(f"[bench rl] collecting {args.demos} demonstrations per task")
-        collect(args.tasks, args.demos, qs.collect_seed, data, cameras=tuple(qs.cameras),
+        collect(args.sft_tasks, args.demos, qs.collect_seed, data, cameras=tuple(qs.cameras),
                 image_size=tuple(qs.camera_size), num_workers=args.workers, progress=False)
     if not (model / "config.json").exists():
         init_model("tiny", model)
@@ -107,6 +107,8 @@ def main():
                     help="weak supervised policy or run folder (default: build one from --demos demonstrations)")
     ap.add_argument("--demos", type=int, default=8, help="demonstrations per task for the built weak policy")
     ap.add_argument("--sft-steps", type=int, default=800, help="training steps of the built weak policy")
+    ap.add_argument("--sft-tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3",
+                    help="tasks the built weak policy is trained on (RL may use a subset: --tasks)")
     ap.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3",
                     help="comma-separated Meta-World tasks")
     ap.add_argument("--minutes", type=float, default=60.0, help="RL wall-clock budget")
@@ -141,6 +143,7 @@ def main():
                     help="no RL: add the sampled evaluations of the finished run in --work to --out")
     args = ap.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.sft_tasks = [t.strip() for t in args.sft_tasks.split(",") if t.strip()]
     work = Path(args.work)
     if args.sampled_eval_only:
         report = json.loads(Path(args.out).read_text())
@@ -225,7 +228,8 @@ def main():
                "run": str(work / "run"), "learning_curve": str(curve)},
         "policy": str(source),
         **({} if args.policy else {"weak_policy": {"demos_per_task": args.demos, "sft_steps": args.sft_steps,
-                                                   "collect_seeds": [0, args.demos - 1]}}),
+                                                   "collect_seeds": [0, args.demos - 1],
+                                                   "tasks": args.sft_tasks}}),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m_at_start": load_1m, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
     }
