@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vla0.ensemble import TemporalEnsembler
+from vla0.ensemble import TemporalEnsembler, check_execution
 
 
 def chunk(*rows):
@@ -48,3 +48,26 @@ def test_executing_several_steps_per_chunk_and_per_env_state():
     assert ens.needs_chunk(1)
     with pytest.raises(RuntimeError):
         ens.pop(0)
+
+
+def test_action_horizon_makes_a_chunk_due_before_the_old_one_runs_out():
+    ens = TemporalEnsembler(ensemble=2, action_horizon=2)
+    ens.add(0, chunk(1, 2, 3, 4))
+    assert not ens.needs_chunk(0) and ens.steps_since_chunk(0) == 0
+    ens.pop(0)
+    assert not ens.needs_chunk(0) and ens.steps_since_chunk(0) == 1
+    ens.pop(0)
+    assert ens.needs_chunk(0) and ens.steps_since_chunk(0) == 2  # rows 3, 4 left, but 2 steps executed
+    ens.add(0, chunk(30, 40, 50, 60))
+    assert ens.steps_since_chunk(0) == 0 and ens.pop(0) == pytest.approx([(3 + 30) / 2])
+    assert TemporalEnsembler(ensemble=2).steps_since_chunk(5) == 0
+    with pytest.raises(ValueError, match="action_horizon must be >= 1"):
+        TemporalEnsembler(action_horizon=0)
+
+
+def test_check_execution_names_the_bad_setting():
+    check_execution(4, 1, 4)
+    with pytest.raises(ValueError, match=r"action_horizon must be in 1..4 \(the chunk length\), got 5"):
+        check_execution(5, 1, 4)
+    with pytest.raises(ValueError, match="ensemble must be >= 1, got 0"):
+        check_execution(1, 0, 4)

@@ -63,8 +63,9 @@ def test_select_action_uses_per_env_ensembling(policy):
     chunk = policy.predict_action_chunk(o)
     second = policy.select_action(o, env_ids=[5, 9])  # averages chunk[1] of the first call and chunk[0] now
     np.testing.assert_allclose(second, (chunk[:, 1] + chunk[:, 0]) / 2, atol=1e-6)
-    policy.reset([9])
-    assert policy.ensembler.needs_chunk(9) and not policy.ensembler.needs_chunk(5)
+    policy.reset([9])  # env 9 forgets its chunks; env 5 keeps its history (one step since its chunk)
+    assert policy.ensembler.steps_since_chunk(9) == 0 and policy.ensembler.steps_since_chunk(5) == 1
+    assert policy.ensembler.needs_chunk(9)
 
 
 @pytest.mark.parametrize("mutate,message", [

@@ -139,11 +139,10 @@ class RemotePolicy:
         self.metadata = self._client(-1).metadata  # fail early on a wrong url or key
         self._clients.pop(-1).close()
         meta = self.metadata
-        self.action_horizon = int(meta.get("action_horizon", 1))
-        self.ensembler = TemporalEnsembler(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)))
+        self.ensembler = TemporalEnsembler(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
+                                           int(meta.get("action_horizon", 1)))
         bounds = meta.get("action_bounds") or {}
         self.bounds = (np.asarray(bounds.get("min", -np.inf), np.float32), np.asarray(bounds.get("max", np.inf), np.float32))
-        self._since_chunk: dict[int, int] = {}
 
     def _client(self, env_id: int) -> PolicyClient:
         if env_id not in self._clients:
@@ -153,13 +152,10 @@ class RemotePolicy:
     def reset(self, env_ids: list[int] | None = None) -> None:
         ids = list(self._clients) if env_ids is None else [int(i) for i in env_ids]
         self.ensembler.reset(None if env_ids is None else ids)
-        for i in (list(self._since_chunk) if env_ids is None else ids):
-            self._since_chunk.pop(i, None)
         list(self._pool.map(lambda i: self._clients[i].reset(), [i for i in ids if i in self._clients]))
 
     def needs_observation(self, env_ids: list[int]) -> list[bool]:
-        return [self.ensembler.needs_chunk(int(e)) or self._since_chunk.get(int(e), 0) >= self.action_horizon
-                for e in env_ids]
+        return [self.ensembler.needs_chunk(int(e)) for e in env_ids]
 
     def select_action(self, obs: dict, env_ids: list[int]) -> np.ndarray:
         """obs batched (one row per env) -> (B, D) float32."""
@@ -172,12 +168,7 @@ class RemotePolicy:
             chunks = self._pool.map(lambda cr: cr[0].infer(cr[1])["actions"], zip(clients, rows))
             for j, chunk in zip(stale, chunks):
                 self.ensembler.add(env_ids[j], np.asarray(chunk, np.float32))
-                self._since_chunk[env_ids[j]] = 0
-        actions = []
-        for e in env_ids:
-            actions.append(self.ensembler.pop(e))
-            self._since_chunk[e] += 1
-        return np.clip(np.stack(actions), *self.bounds).astype(np.float32)
+        return np.clip(np.stack([self.ensembler.pop(e) for e in env_ids]), *self.bounds).astype(np.float32)
 
     def close(self) -> None:
         for c in self._clients.values():

@@ -14,7 +14,7 @@ import torch
 
 from vla0.codec import ActionCodec
 from vla0.config import POLICY_FILE, PolicyConfig
-from vla0.ensemble import TemporalEnsembler
+from vla0.ensemble import TemporalEnsembler, check_execution
 from vla0.images import check_image
 from vla0.model.vlm import VLM, check_model_folder, load_processor, load_vlm
 from vla0.policy.drafts import draft_candidates
@@ -53,10 +53,7 @@ class VLA0Policy:
 
     def __init__(self, vlm: VLM, config: PolicyConfig, device: str | torch.device = "cpu",
                  temperature: float = 0.0, name: str = "vla0", fast_decode: bool = True, relaxed_k: int = 0):
-        if not 1 <= config.action_horizon <= config.horizon:
-            raise ValueError(f"action_horizon must be in 1..{config.horizon} (the chunk length), got {config.action_horizon}")
-        if config.ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {config.ensemble}")
+        check_execution(config.action_horizon, config.ensemble, config.horizon)
         self.vlm = vlm
         self.config = config
         self.device = torch.device(device)
@@ -65,10 +62,9 @@ class VLA0Policy:
         self.encoder = PromptEncoder(vlm.tokenizer, vlm.image_processor, config)
         self.codec = ActionCodec.from_stats(config.action_stats, config.horizon, config.num_bins, config.normalization)
         self.grammar = ActionGrammar(vlm.tokenizer, self.codec.num_values, config.num_bins)
-        self.ensembler = TemporalEnsembler(config.ensemble, config.ensemble_decay)
+        self.ensembler = TemporalEnsembler(config.ensemble, config.ensemble_decay, config.action_horizon)
         self.bounds = (np.asarray(config.action_stats["min"], np.float32), np.asarray(config.action_stats["max"], np.float32))
         self.malformed_outputs = 0
-        self._since_chunk: dict[int, int] = {}
         self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk
         # Greedy decoding: exact fast decoder (same tokens as generate); sampling: HF generate.
         # relaxed_k > 0 accepts a drafted number within +-k bins of the model's own (not exact).
@@ -92,10 +88,8 @@ class VLA0Policy:
     def reset(self, env_ids=None) -> None:
         self.ensembler.reset(env_ids)
         if env_ids is None:
-            self._since_chunk.clear()
             self._last_bins.clear()
         for i in env_ids or []:
-            self._since_chunk.pop(int(i), None)
             self._last_bins.pop(int(i), None)
 
     @torch.no_grad()
@@ -120,8 +114,7 @@ class VLA0Policy:
     def needs_observation(self, env_ids: list[int]) -> list[bool]:
         """Per env: will the next select_action predict a chunk, i.e. read the observation?
         Between chunks it only pops queued actions, so an env need not render those frames."""
-        return [self.ensembler.needs_chunk(e) or self._since_chunk.get(e, 0) >= self.config.action_horizon
-                for e in env_ids]
+        return [self.ensembler.needs_chunk(e) for e in env_ids]
 
     def select_action(self, obs: dict, env_ids=None) -> np.ndarray:
         """(B, D): the next action per environment, after temporal ensembling."""
@@ -132,18 +125,13 @@ class VLA0Policy:
             chunks = self.predict_action_chunk(_select_rows(obs, stale), [env_ids[j] for j in stale])
             for j, chunk in zip(stale, chunks):
                 self.ensembler.add(env_ids[j], chunk)
-                self._since_chunk[env_ids[j]] = 0
-        actions = []
-        for e in env_ids:
-            actions.append(self.ensembler.pop(e))
-            self._since_chunk[e] += 1
-        return np.clip(np.stack(actions), *self.bounds)
+        return np.clip(np.stack([self.ensembler.pop(e) for e in env_ids]), *self.bounds)
 
     # -- decoding -------------------------------------------------------------------------------
     def _draft(self, env_id: int) -> list[list[int]] | None:
         """The previous chunk without the steps executed since it was predicted (+ alternatives)."""
         prev = self._last_bins.get(env_id)
-        shift = self._since_chunk.get(env_id, 0)
+        shift = self.ensembler.steps_since_chunk(env_id)
         if prev is None or not 0 < shift < len(prev):
             return None
         return draft_candidates(prev, shift)

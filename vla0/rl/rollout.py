@@ -24,7 +24,7 @@ import torch
 
 from vla0.codec import ActionCodec
 from vla0.config import PolicyConfig
-from vla0.ensemble import TemporalEnsembler
+from vla0.ensemble import TemporalEnsembler, check_execution
 from vla0.eval.evaluate import batch_obs
 from vla0.policy.grammar import ActionGrammar
 from vla0.prompt import PromptEncoder
@@ -107,10 +107,7 @@ class RolloutWorker:
         self.sampler = GrammarSampler(model, tokenizer, self.grammar)
         self.bounds = (np.asarray(config.action_stats["min"], np.float32), np.asarray(config.action_stats["max"], np.float32))
         self.action_horizon = settings.action_horizon or config.horizon
-        if not 1 <= self.action_horizon <= config.horizon:
-            raise ValueError(f"action_horizon must be in 1..{config.horizon} (the chunk length), got {self.action_horizon}")
-        if settings.ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {settings.ensemble}")
+        check_execution(self.action_horizon, settings.ensemble, config.horizon)
         self.cameras, self.image_size = env_render_settings(config, settings)
         missing = [c for c in config.cameras if c not in self.cameras]
         if missing:
@@ -173,9 +170,9 @@ class RolloutWorker:
         if not episodes:
             return []
         results: list[Trajectory | None] = [None] * len(episodes)
-        ensembler = TemporalEnsembler(self.settings.ensemble, self.settings.ensemble_decay)
+        ensembler = TemporalEnsembler(self.settings.ensemble, self.settings.ensemble_decay, self.action_horizon)
         keys = self.config.image_keys
-        active: dict[int, dict] = {}  # slot -> {"ep", "obs", "queue", "since", "traj"}
+        active: dict[int, dict] = {}  # slot -> {"ep", "obs", "traj"}
         pending = list(range(len(episodes)))
         slot_task: dict[int, str] = {}
         pool = self.pool
@@ -190,20 +187,19 @@ class RolloutWorker:
             t0 = time.perf_counter()
             obs = pool.reset([self._spec(job.task)], [job.seed], ids=[slot])[0]
             self.stats["env_seconds"] += time.perf_counter() - t0
-            active[slot] = {"ep": e, "obs": obs, "queue": [], "since": 0,
-                            "traj": Trajectory(job.group, job.task, job.seed, k, False, 0)}
+            active[slot] = {"ep": e, "obs": obs, "traj": Trajectory(job.group, job.task, job.seed, k, False, 0)}
 
         for slot in range(min(self.settings.batch_envs, len(episodes))):
             start(slot)
         while active:
             ids = sorted(active)
-            stale = [s for s in ids if self._needs_chunk(active[s], ensembler, s)]
+            stale = [s for s in ids if ensembler.needs_chunk(s)]
             if stale:
                 self._act(stale, active, ensembler, keys, generator)
-            actions = [self._next_action(active[s], ensembler, s) for s in ids]
+            actions = [np.clip(ensembler.pop(s), *self.bounds) for s in ids]
             # Render only the frames a policy call will read: with chunks executed open loop
             # most steps need none (rendering is most of an env step).
-            render = [self._needs_chunk(active[s], ensembler, s) for s in ids]
+            render = [ensembler.needs_chunk(s) for s in ids]
             t0 = time.perf_counter()
             out = pool.step(actions, ids=ids, render=render)
             self.stats["env_seconds"] += time.perf_counter() - t0
@@ -220,17 +216,6 @@ class RolloutWorker:
                     start(slot)
         return results  # type: ignore[return-value]
 
-    def _needs_chunk(self, ep: dict, ensembler: TemporalEnsembler, slot: int) -> bool:
-        if self.settings.ensemble > 1:
-            return ensembler.needs_chunk(slot) or ep["since"] >= self.action_horizon
-        return not ep["queue"]
-
-    def _next_action(self, ep: dict, ensembler: TemporalEnsembler, slot: int) -> np.ndarray:
-        ep["since"] += 1
-        if self.settings.ensemble > 1:
-            return np.clip(ensembler.pop(slot), *self.bounds)
-        return ep["queue"].pop(0)
-
     def _act(self, slots: list[int], active: dict, ensembler: TemporalEnsembler, keys: list[str], generator) -> None:
         obs = batch_obs([active[s]["obs"] for s in slots], [active[s]["traj"].task for s in slots])
         frames = [[np.array(obs[k][j], dtype=np.uint8) for k in keys] for j in range(len(slots))]
@@ -244,8 +229,4 @@ class RolloutWorker:
             chunk = np.clip(self.codec.decode(text).actions, *self.bounds)
             ep = active[slot]
             ep["traj"].steps.append(Step(frames[j], obs["task"][j], sample.tokens, sample.logprobs))
-            ep["since"] = 0
-            if self.settings.ensemble > 1:
-                ensembler.add(slot, chunk)
-            else:
-                ep["queue"] = list(chunk[: self.action_horizon])
+            ensembler.add(slot, chunk)
