@@ -8,6 +8,8 @@ term, no reference model. The loop that feeds it is vla0.rl.trainer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -30,6 +32,16 @@ def executed_token_mask(tokens: list[int], grammar: ActionGrammar, numbers: int)
         if t == grammar.space_id:
             done += 1
     return out
+
+
+@dataclass
+class _Item:
+    """One policy call in an update: the call, its trajectory's advantage and token weight, and
+    which of its tokens the loss covers."""
+    step: Step
+    advantage: float
+    weight: float
+    loss_mask: list[bool]
 
 
 class Learner:
@@ -68,13 +80,15 @@ class Learner:
         RolloutWorker's set_weights takes."""
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def _items(self, trajectories: list[Trajectory], advantages) -> list[tuple[Step, float, float]]:
-        """(policy call, advantage, token weight) for every policy call of the batch."""
+    def _items(self, trajectories: list[Trajectory], advantages) -> list[_Item]:
+        """Every policy call of the batch with its trajectory's advantage and token weight and
+        its loss mask (computed once here, reused by every epoch and mini-batch)."""
+        masks = [[self._loss_mask(s.tokens) for s in t.steps] for t in trajectories]
         weights = np.ones(len(trajectories))
         if self.loss_agg == "trajectory-mean":
-            weights = trajectory_token_weights([sum(sum(self._loss_mask(s.tokens)) for s in t.steps)
-                                                for t in trajectories])
-        return [(s, float(a), float(w)) for t, a, w in zip(trajectories, advantages, weights) for s in t.steps]
+            weights = trajectory_token_weights([sum(map(sum, m)) for m in masks])
+        return [_Item(s, float(a), float(w), m) for t, a, w, ms in zip(trajectories, advantages, weights, masks)
+                for s, m in zip(t.steps, ms)]
 
     def _loss_mask(self, tokens: list[int]) -> list[bool]:
         if self.loss_numbers is None:
@@ -93,7 +107,7 @@ class Learner:
             order = self.rng.permutation(len(items))
             for mb in np.array_split(order, min(self.minibatches, len(items))):
                 mb_items = [items[i] for i in mb]
-                n_loss = sum(sum(self._loss_mask(s.tokens)) for s, _, _ in mb_items)
+                n_loss = sum(sum(it.loss_mask) for it in mb_items)
                 if n_loss == 0:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
@@ -118,15 +132,14 @@ class Learner:
                      samples=len(items))
         return stats
 
-    def _micro_step(self, micro: list[tuple[Step, float, float]], n_loss: int) -> dict:
-        prompts = [self.encoder.prompt(s.frames, s.instruction) for s, _, _ in micro]
-        tokens = [s.tokens for s, _, _ in micro]
-        scored = self.sampler.score(prompts, tokens, self.temperature)
+    def _micro_step(self, micro: list[_Item], n_loss: int) -> dict:
+        prompts = [self.encoder.prompt(it.step.frames, it.step.instruction) for it in micro]
+        scored = self.sampler.score(prompts, [it.step.tokens for it in micro], self.temperature)
         dev, dtype = scored.logprobs.device, scored.logprobs.dtype
-        old = torch.tensor([lp for s, _, _ in micro for lp in s.logprobs], device=dev, dtype=dtype)
-        adv = torch.tensor([a for s, a, _ in micro for _ in s.tokens], device=dev, dtype=dtype)
-        weights = torch.tensor([w for s, _, w in micro for _ in s.tokens], device=dev, dtype=dtype)
-        loss_mask = torch.tensor([m for s, _, _ in micro for m in self._loss_mask(s.tokens)], device=dev)
+        old = torch.tensor([lp for it in micro for lp in it.step.logprobs], device=dev, dtype=dtype)
+        adv = torch.tensor([it.advantage for it in micro for _ in it.step.tokens], device=dev, dtype=dtype)
+        weights = torch.tensor([it.weight for it in micro for _ in it.step.tokens], device=dev, dtype=dtype)
+        loss_mask = torch.tensor([m for it in micro for m in it.loss_mask], device=dev)
         decision = loss_mask & (scored.choices > 1)  # forced tokens: log-prob 0, ratio 1, nothing to report
         loss, st = clipped_surrogate(scored.logprobs, old, adv, loss_mask, self.clip_low, self.clip_high,
                                      num_tokens=n_loss, stats_mask=decision, weights=weights)
