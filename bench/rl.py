@@ -46,8 +46,13 @@ from vla0.eval.report import compare_table, write_json_atomic
 from vla0.policy.policy import VLA0Policy, resolve_policy_dir
 from vla0.rl.trainer import RLConfig, train_rl
 from vla0.rl.rollout import RolloutSettings, env_render_settings
+from vla0.sim.metaworld_env import check_tasks_and_episodes
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def summary(res: dict) -> dict:
@@ -111,9 +116,9 @@ def main():
                     help="weak supervised policy or run folder (default: build one from --demos demonstrations)")
     ap.add_argument("--demos", type=int, default=8, help="demonstrations per task for the built weak policy")
     ap.add_argument("--sft-steps", type=int, default=800, help="training steps of the built weak policy")
-    ap.add_argument("--sft-tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3",
+    ap.add_argument("--sft-tasks", type=names, default="reach-v3,button-press-topdown-v3,drawer-open-v3",
                     help="tasks the built weak policy is trained on (RL may use a subset: --tasks)")
-    ap.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3",
+    ap.add_argument("--tasks", type=names, default="reach-v3,button-press-topdown-v3,drawer-open-v3",
                     help="comma-separated Meta-World tasks")
     ap.add_argument("--minutes", type=float, default=60.0, help="RL wall-clock budget")
     ap.add_argument("--episodes", type=int, default=30, help="held-out episodes per task, before and after")
@@ -146,8 +151,9 @@ def main():
     ap.add_argument("--sampled-eval-only", action="store_true",
                     help="no RL: add the sampled evaluations of the finished run in --work to --out")
     args = ap.parse_args()
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    args.sft_tasks = [t.strip() for t in args.sft_tasks.split(",") if t.strip()]
+    # bad names or counts fail here, not after minutes of building the weak policy
+    check_tasks_and_episodes(args.tasks, args.episodes, "bench rl")
+    check_tasks_and_episodes(args.sft_tasks, args.demos, "bench rl (--sft-tasks, --demos)")
     work = Path(args.work)
     if args.sampled_eval_only:
         report = json.loads(Path(args.out).read_text())
