@@ -148,6 +148,24 @@ def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
     assert any(not torch.equal(p, before[n]) for n, p in vlm.model.named_parameters())
 
 
+def test_learner_weights_trajectories_by_loss_aggregation(tiny_policy_dir):
+    """trajectory-mean: every call of a trajectory carries (T / N) / L_trajectory; token-mean: 1."""
+    vlm = load_vlm(tiny_policy_dir)
+    config = PolicyConfig.load(tiny_policy_dir)
+    calls = lambda n: [Step([], "pick", [5, 6, 7], [0.0, 0.0, 0.0]) for _ in range(n)]  # noqa: E731
+    trajs = [Trajectory(0, "t", 0, 0, True, 1, calls(1)), Trajectory(0, "t", 0, 1, False, 3, calls(3))]
+    by_agg = {}
+    for agg in ("token-mean", "trajectory-mean"):
+        learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, loss_agg=agg)
+        items = learner._items(trajs, [1.0, -1.0])
+        by_agg[agg] = [x for it in items for x in (it.advantage, it.weight)]
+        assert all(it.loss_mask == [True] * 3 for it in items)
+    assert by_agg["token-mean"] == [1.0, 1.0] + [-1.0, 1.0] * 3  # (advantage, weight) per call
+    assert by_agg["trajectory-mean"] == pytest.approx([1.0, 2.0] + [-1.0, 2.0 / 3.0] * 3)
+    with pytest.raises(ValueError, match="loss aggregation must be one of"):
+        Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, loss_agg="sum")
+
+
 # -- tiny end-to-end: a fake env in which success depends on the action ----------------------------
 class FakePool:
     """EnvPool stand-in: success iff the first executed action's x > 0 (an 'episode' is max_steps)."""
