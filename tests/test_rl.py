@@ -129,16 +129,22 @@ def test_rollout_logprobs_equal_recomputed_and_hf_forward(policy):
     assert table.num_cols == 12
 
 
-def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
-    vlm = load_vlm(tiny_policy_dir)
-    config = PolicyConfig.load(tiny_policy_dir)
+def _sampled_trajectories(policy, vlm, n=4):
+    """n one-call trajectories of one group sampled at T = 1.6, alternately successes and failures."""
     sampler = GrammarSampler(vlm.model, vlm.tokenizer, policy.grammar)
     trajs = []
-    for i in range(4):
+    for i in range(n):
         frames = _frames(10 + i)
         prompt = policy.encoder.prompt(frames, "pick")
         s = sampler.sample([prompt], 1.6, torch.Generator().manual_seed(i))[0]
         trajs.append(Trajectory(0, "t", 0, i, i % 2 == 0, 1, [Step(frames, "pick", s.tokens, s.logprobs)]))
+    return trajs
+
+
+def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
+    vlm = load_vlm(tiny_policy_dir)
+    config = PolicyConfig.load(tiny_policy_dir)
+    trajs = _sampled_trajectories(policy, vlm)
     before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
     learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, micro_batch=3)
     stats = learner.update(trajs, group_advantages([t.reward for t in trajs], [0] * 4))
@@ -146,6 +152,26 @@ def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
     assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-8
     assert stats["optimizer_steps"] == 1 and stats["entropy"] > 0
     assert any(not torch.equal(p, before[n]) for n, p in vlm.model.named_parameters())
+
+
+def test_learner_lr_warmup_is_linear_and_resumes(policy, tiny_policy_dir):
+    vlm = load_vlm(tiny_policy_dir)
+    config = PolicyConfig.load(tiny_policy_dir)
+    trajs = _sampled_trajectories(policy, vlm)
+    adv = group_advantages([t.reward for t in trajs], [0] * 4)
+    learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, warmup_steps=3, minibatches=2,
+                      temperature=1.6)
+    assert learner.current_lr() == pytest.approx(0.25e-3)
+    stats = learner.update(trajs, adv)  # steps at 0.25e-3 and 0.5e-3
+    assert stats["optimizer_steps"] == 2 and stats["lr"] == pytest.approx(0.5e-3)
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    resumed = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, warmup_steps=3, minibatches=2,
+                      temperature=1.6)
+    resumed.load_state_dict(learner.state_dict())
+    assert resumed.current_lr() == pytest.approx(0.75e-3)  # the warm-up continues where it stopped
+    assert resumed.update(trajs, adv)["lr"] == pytest.approx(1e-3)  # 0.75e-3, then the full rate
+    assert resumed.current_lr() == pytest.approx(1e-3)
+    assert Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3).current_lr() == 1e-3  # recipe: constant
 
 
 def test_learner_weights_trajectories_by_loss_aggregation(tiny_policy_dir):
@@ -238,6 +264,23 @@ def test_end_to_end_iterations_checkpoint_resume_export(metaworld_policy_dir, tm
     assert [r["iteration"] for r in rows] == [1, 2, 3]
 
 
+def test_held_out_eval_uses_its_own_episode_cap(metaworld_policy_dir, tmp_path, monkeypatch):
+    """A short rollout cap (RL time saver) must not shorten the held-out episodes."""
+    import vla0.eval.evaluate as ev
+    seen = []
+
+    def fake_evaluate(policy, tasks, episodes, **kw):
+        seen.append(kw["max_steps"])
+        return {"mean_success_rate": 0.5, "tasks": {t: {"success_rate": 0.5} for t in tasks}}
+
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    assert RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "a"), pool=FakePool()).evaluate("x")["eval_success_rate"] == 0.5
+    RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "b", eval_max_steps=7), pool=FakePool()).evaluate("x")
+    assert seen == [None, 7]  # rollouts capped at 1 step in both; None = the per-task table
+    with pytest.raises(ValueError, match="--eval-max-steps must be >= 1"):
+        RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "c", eval_max_steps=0), pool=FakePool())
+
+
 def test_lora_iteration_exports_merged_policy(metaworld_policy_dir, tmp_path):
     out = tmp_path / "rl_lora"
     trainer = RLTrainer(_cfg(metaworld_policy_dir, out, iterations=1, lora_rank=4, lr=1e-2), pool=FakePool())
@@ -306,11 +349,12 @@ def test_cli_parser_and_config_errors(metaworld_policy_dir, tmp_path):
                               "--out", str(tmp_path / "o"), "--minutes", "5", "--lora-rank", "8"])
     cfg = config_from_args(args)
     assert cfg.tasks == ["reach-v3", "drawer-open-v3"] and cfg.minutes == 5 and cfg.lora_rank == 8
-    assert (cfg.group_size, cfg.groups_per_batch, cfg.temperature, cfg.lr, cfg.clip_low, cfg.clip_high) == \
-        (8, 64, 1.6, 5e-6, 0.2, 0.28)
+    assert (cfg.group_size, cfg.groups_per_batch, cfg.temperature, cfg.lr, cfg.warmup_steps, cfg.clip_low,
+            cfg.clip_high) == (8, 64, 1.6, 5e-6, 0, 0.2, 0.28)
     for bad, match in [(dict(iterations=None), "--iterations or --minutes"), (dict(group_size=1), "group-size"),
                        (dict(tasks=["nope-v3"]), "unknown Meta-World task"),
-                       (dict(eval_seed=99_999, eval_every=1), "rollout seeds")]:
+                       (dict(eval_seed=99_999, eval_every=1), "rollout seeds"),
+                       (dict(warmup_steps=-1), "--warmup-steps >= 0")]:
         with pytest.raises(ValueError, match=match):
             RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "bad", **bad), pool=FakePool())
 

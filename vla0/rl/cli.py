@@ -36,6 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="dynamic sampling tries at most this many x groups-per-batch groups per iteration")
     g.add_argument("--temperature", type=float, default=1.6, help="rollout sampling temperature")
     g.add_argument("--lr", type=float, default=5e-6)
+    g.add_argument("--warmup-steps", type=int, default=0,
+                   help="optimizer steps of linear lr warm-up (0 = constant lr, the recipe)")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--clip-low", type=float, default=0.2)
     g.add_argument("--clip-high", type=float, default=0.28)
@@ -55,7 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--action-horizon", type=int, default=None,
                    help="steps executed per sampled chunk (default: the policy's own setting)")
     r.add_argument("--ensemble", type=int, default=1, help="temporal ensembling during rollouts (1 = off)")
-    r.add_argument("--max-steps", type=int, default=None, help="episode cap (default: per-task table)")
+    r.add_argument("--max-steps", type=int, default=None,
+                   help="rollout episode cap (default: per-task table); a cap near the successes' length "
+                        "saves the time failures spend running out the clock")
     r.add_argument("--batch-envs", type=int, default=16, help="episodes in lockstep (one batched model call)")
     r.add_argument("--workers", type=int, default=2, help="env worker processes")
     r.add_argument("--cameras", type=_names, default=None, help="default: the policy's cameras")
@@ -68,6 +72,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every k iterations (0 = off)")
     s.add_argument("--eval-episodes", type=int, default=10, help="per task")
     s.add_argument("--eval-seed", type=int, default=10_000)
+    s.add_argument("--eval-max-steps", type=int, default=None,
+                   help="held-out episode cap (default: per-task table, as `vla0 eval`)")
     s.add_argument("--save-every", type=int, default=1, help="checkpoint every k iterations")
     s.add_argument("--keep-checkpoints", type=int, default=2)
     s.add_argument("--seed", type=int, default=0)

@@ -42,6 +42,7 @@ class RLConfig:
     max_groups_factor: float = 4.0  # dynamic sampling gives up after trying this many x groups_per_batch
     temperature: float = 1.6
     lr: float = 5e-6
+    warmup_steps: int = 0  # optimizer steps of linear lr warm-up (0: the recipe's constant lr)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     clip_low: float = 0.2
@@ -58,7 +59,7 @@ class RLConfig:
     # rollouts
     action_horizon: int | None = None  # steps executed per chunk; None: the policy's own setting
     ensemble: int = 1  # temporal ensembling during rollouts (1 = off)
-    max_steps: int | None = None
+    max_steps: int | None = None  # rollout episode cap; None: the task's table (vla0.sim.metaworld_env)
     batch_envs: int = 16
     workers: int = 2
     cameras: list[str] | None = None
@@ -71,6 +72,7 @@ class RLConfig:
     eval_every: int = 0  # held-out evaluation every k iterations (0 = never; also at start and end)
     eval_episodes: int = 10
     eval_seed: int = 10_000
+    eval_max_steps: int | None = None  # held-out episode cap; None: the task's table, as `vla0 eval`
     save_every: int = 1
     keep_checkpoints: int = 2
     seed: int = 0
@@ -90,6 +92,8 @@ def check_rl_config(cfg: RLConfig) -> None:
         check_task(t)
     if cfg.group_size < 2:
         raise ValueError(f"--group-size must be >= 2 (GRPO compares rollouts within a group), got {cfg.group_size}")
+    if cfg.lr <= 0 or cfg.warmup_steps < 0:
+        raise ValueError(f"--lr must be > 0 and --warmup-steps >= 0, got {cfg.lr} and {cfg.warmup_steps}")
     if cfg.groups_per_batch < 1 or cfg.max_groups_factor < 1:
         raise ValueError("--groups-per-batch must be >= 1 and --max-groups-factor >= 1")
     if cfg.temperature <= 0:
@@ -100,6 +104,9 @@ def check_rl_config(cfg: RLConfig) -> None:
         raise ValueError(f"--loss-agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got {cfg.loss_agg!r}")
     if not (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0):
         raise ValueError(f"clip bounds must satisfy 0 <= low < 1 and high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
+    for name in ("max_steps", "eval_max_steps"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or unset: the per-task table), got {getattr(cfg, name)}")
     if cfg.iterations is None and cfg.minutes is None:
         raise ValueError("give --iterations or --minutes (or both)")
     if cfg.eval_seed + cfg.eval_episodes > cfg.rollout_seed:
@@ -156,7 +163,7 @@ class RLTrainer:
                                temperature=cfg.temperature, epochs=cfg.epochs, minibatches=cfg.minibatches,
                                micro_batch=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm,
                                loss_numbers=used_rows * config.action_dim if cfg.loss_tokens == "executed" else None,
-                               loss_agg=cfg.loss_agg,
+                               loss_agg=cfg.loss_agg, warmup_steps=cfg.warmup_steps,
                                seed=cfg.seed, device=self.device)
         self.iteration = 0
         self.next_group = 0
@@ -225,7 +232,7 @@ class RLTrainer:
                             self.device, temperature=0.0, name=f"vla0-rl@{tag}")
         res = evaluate(policy, cfg.tasks, cfg.eval_episodes, seed=cfg.eval_seed, out=self.out / "eval" / tag,
                        cameras=self.cameras, image_size=self.image_size, num_workers=cfg.workers,
-                       batch_envs=cfg.batch_envs, max_steps=cfg.max_steps, videos=0, progress=False,
+                       batch_envs=cfg.batch_envs, max_steps=cfg.eval_max_steps, videos=0, progress=False,
                        visible_goal=cfg.visible_goal)
         return {"eval_success_rate": res["mean_success_rate"],
                 "eval_success_by_task": {t: r["success_rate"] for t, r in res["tasks"].items()}}
@@ -287,7 +294,7 @@ class RLTrainer:
                "approx_kl": stats.get("approx_kl"), "ratio_mean": stats.get("ratio_mean"),
                "loss": stats.get("loss"), "grad_norm": stats.get("grad_norm"),
                "optimizer_steps": stats.get("optimizer_steps", 0), "update_samples": stats.get("samples", 0),
-               "loss_tokens": stats.get("loss_tokens", 0), "lr": cfg.lr,
+               "loss_tokens": stats.get("loss_tokens", 0), "lr": stats.get("lr", cfg.lr),
                "rollout_seconds": t1 - t0, "update_seconds": t2 - t1,
                "model_seconds": self.worker.stats["model_seconds"], "env_seconds": self.worker.stats["env_seconds"]}
         self.worker.stats.update(model_seconds=0.0, env_seconds=0.0)
