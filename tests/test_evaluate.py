@@ -6,7 +6,7 @@ import pytest
 
 from vla0.eval.baselines import ExpertPolicy, RandomPolicy
 from vla0.eval.evaluate import evaluate
-from vla0.eval.report import compare_table, wilson_interval
+from vla0.eval.report import compare_table, paired_comparison, wilson_interval
 
 
 def test_wilson_interval():
@@ -14,6 +14,19 @@ def test_wilson_interval():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_paired_comparison_by_hand():
+    def recs(outcomes, task="t"):
+        return [{"task": task, "seed": 100 + i, "success": bool(x)} for i, x in enumerate(outcomes)]
+    before = recs([0, 0, 0, 1, 1, 0, 0, 0, 0, 0])
+    after = recs([1, 1, 1, 1, 0, 1, 1, 1, 1, 1])[::-1]  # matched by (task, seed), not by order
+    # 8 gained, 1 lost: p = 2 * (C(9,0) + C(9,1)) / 2^9
+    assert paired_comparison(before, after) == {"pairs": 10, "gained": 8, "lost": 1, "p_value": pytest.approx(20 / 512)}
+    assert paired_comparison(before, before)["p_value"] == 1.0  # no discordant pair
+    assert paired_comparison(recs([0] * 5), recs([1] * 5))["p_value"] == pytest.approx(2 / 32)
+    with pytest.raises(ValueError, match="same \\(task, seed\\) episodes"):
+        paired_comparison(before, recs([1] * 10, task="other"))
 
 
 def test_expert_evaluation(tmp_path):

@@ -18,6 +18,23 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, center - half), min(1.0, center + half))
 
 
+def paired_comparison(before: list[dict], after: list[dict]) -> dict:
+    """Two evaluations of the same (task, seed) episodes compared pairwise: how many episodes
+    RL turned from failure into success (`gained`) and back (`lost`), and the exact two-sided
+    McNemar p-value (a binomial test on the discordant pairs). Pairing removes the variance of
+    which seeds are easy, so it sees a real change with far fewer episodes than two intervals."""
+    key = lambda r: (r["task"], r["seed"])  # noqa: E731
+    a = {key(r): bool(r["success"]) for r in after}
+    pairs = [(bool(r["success"]), a[key(r)]) for r in before if key(r) in a]
+    if len(pairs) != len(before) or len(pairs) != len(a):
+        raise ValueError("paired_comparison: the two evaluations must cover the same (task, seed) episodes")
+    gained = sum(1 for b, x in pairs if x and not b)
+    lost = sum(1 for b, x in pairs if b and not x)
+    n = gained + lost
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n if n else 1.0
+    return {"pairs": len(pairs), "gained": gained, "lost": lost, "p_value": min(1.0, 2 * tail)}
+
+
 def write_json_atomic(obj, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
