@@ -115,6 +115,7 @@ class Learner:
         self.model.train()
         totals = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0}
         stat_tokens, loss_tokens_seen, grad_norms, steps = 0.0, 0, [], 0
+        step_lr = self.current_lr()
         for _ in range(self.epochs):
             order = self.rng.permutation(len(items))
             for mb in np.array_split(order, min(self.minibatches, len(items))):
@@ -143,7 +144,7 @@ class Learner:
         self.updates += 1
         denom = max(stat_tokens, 1.0)
         stats = {k: (v / denom if k != "loss" else v / max(steps, 1)) for k, v in totals.items()}
-        stats.update(optimizer_steps=steps, lr=step_lr if steps else self.current_lr(), grad_norm=float(np.mean(grad_norms)) if grad_norms else 0.0,
+        stats.update(optimizer_steps=steps, lr=step_lr, grad_norm=float(np.mean(grad_norms)) if grad_norms else 0.0,
                      loss_tokens=int(loss_tokens_seen / max(self.epochs, 1)), decision_tokens=int(stat_tokens / max(self.epochs, 1)),
                      samples=len(items))
         return stats
