@@ -24,7 +24,9 @@ measured on this bench:
   0.30 -> 0.63 nats over 16 iterations;
 - one task (recipe: a suite): on reach-v3 the tiny model stops just outside the success radius
   and most groups fail entirely, so dynamic sampling spends rollouts on nothing; drawer-open
-  starts at 80%; button-press-topdown (60%) leaves room and gives mixed groups;
+  starts at 80%; button-press-topdown (60%) leaves room and gives mixed groups. The same
+  settings on button-press + drawer-open (45.7 minutes) gave no gain: greedy 68% -> 62%, drawer
+  76% -> 60% (bench/results/rl_two_tasks.json);
 - groups per batch 8 (recipe 64), group size 8 (recipe): one iteration (64-256 rollouts,
   depending on how many groups dynamic sampling drops) took 1.6-6 minutes here, 15 of them in
   41.5 minutes;
