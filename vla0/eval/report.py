@@ -19,8 +19,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def paired_comparison(before: list[dict], after: list[dict]) -> dict:
-    """Two evaluations of the same (task, seed) episodes compared pairwise: how many episodes
-    RL turned from failure into success (`gained`) and back (`lost`), and the exact two-sided
+    """Two evaluations of the same (task, seed) episodes compared pairwise (e.g. before and after
+    RL): how many went from failure to success (`gained`) and back (`lost`), and the exact two-sided
     McNemar p-value (a binomial test on the discordant pairs). Pairing removes the variance of
     which seeds are easy, so it sees a real change with far fewer episodes than two intervals."""
     key = lambda r: (r["task"], r["seed"])  # noqa: E731
