@@ -25,7 +25,7 @@ def tiny_policy_dir(tiny_model_dir, tmp_path_factory):
     from vla0.config import PolicyConfig
     folder = tmp_path_factory.mktemp("policies") / "untrained"
     shutil.copytree(tiny_model_dir, folder)
-    PolicyConfig(action_dim=4, cameras=["front", "wrist"], horizon=2, num_bins=100,
+    PolicyConfig(action_dim=4, cameras=["front", "wrist"], chunk_size=2, num_bins=100,
                  action_stats={"min": [-1.0] * 4, "max": [1.0] * 4}, image_size=[32, 32],
                  ensemble=2).save(folder)
     return folder
@@ -39,7 +39,7 @@ def metaworld_policy_dir(tiny_model_dir, tmp_path_factory):
     from vla0.config import PolicyConfig
     folder = tmp_path_factory.mktemp("policies") / "metaworld"
     shutil.copytree(tiny_model_dir, folder)
-    PolicyConfig(action_dim=4, cameras=["corner3"], horizon=2, num_bins=100, image_size=[32, 32],
+    PolicyConfig(action_dim=4, cameras=["corner3"], chunk_size=2, num_bins=100, image_size=[32, 32],
                  action_stats={"min": [-1.0] * 4, "max": [1.0] * 4}, ensemble=2,
-                 extra={"camera_shapes": {"corner3": [32, 32]}}).save(folder)
+                 camera_shapes={"corner3": [32, 32]}).save(folder)
     return folder

@@ -8,10 +8,10 @@ from vla0.cli import main
 
 @pytest.mark.parametrize("argv,message", [
     (["collect", "--tasks", "reach-v3,fly-v3", "--episodes", "1", "--out", "{tmp}/d"],
-     "unknown Meta-World task 'fly-v3'; valid v3 tasks: "),
-    (["eval", "--policy", "expert", "--tasks", "fly-v3", "--out", "{tmp}/e"], "unknown Meta-World task 'fly-v3'"),
+     "unknown metaworld task 'fly-v3'; valid tasks: "),
+    (["eval", "--policy", "expert", "--tasks", "fly-v3", "--out", "{tmp}/e"], "unknown metaworld task 'fly-v3'"),
     (["eval", "--policy", "{tmp}", "--tasks", "reach-v3", "--out", "{tmp}/e"], "is not a vla0 policy or run folder"),
-    (["eval", "--env", "libero", "--policy", "expert", "--tasks", "x", "--out", "{tmp}/e"], "unknown --env 'libero'"),
+    (["eval", "--env", "libero", "--policy", "expert", "--tasks", "x", "--out", "{tmp}/e"], "unknown env 'libero'; registered environments: metaworld"),
     (["train", "--model", "{tmp}", "--dataset", "{tmp}", "--out", "{tmp}/r", "--steps", "1"], "meta/info.json"),
     (["serve", "--policy", "{tmp}/none"], "{tmp}/none"),
 ])

@@ -28,12 +28,12 @@ class Recording:
 
 
 KWARGS = dict(tasks=["reach-v3"], episodes=2, seed=10_000, cameras=("corner3",), image_size=(32, 32),
-              num_workers=0, max_steps=6, videos=0, progress=False)
+              num_workers=0, max_episode_steps=6, videos=0, progress=False)
 
 
 def test_fast_decoder_gives_the_same_episodes_as_generate(metaworld_policy_dir, tmp_path):
     fast = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir))
-    assert fast.policy.decoder is not None  # the default
+    assert fast.policy.decoder.fast is not None  # the default
     slow = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, fast_decode=False))
     fast_results = evaluate(fast, out=tmp_path / "fast", **KWARGS)
     slow_results = evaluate(slow, out=tmp_path / "slow", **KWARGS)
@@ -41,10 +41,10 @@ def test_fast_decoder_gives_the_same_episodes_as_generate(metaworld_policy_dir, 
     for a, b in zip(fast.actions, slow.actions):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert fast_results["tasks"] == slow_results["tasks"]
-    assert fast.policy.decoder.stats["forward_passes"] < fast.policy.decoder.stats["tokens"]
+    assert fast.policy.decoder.fast.stats["forward_passes"] < fast.policy.decoder.fast.stats["tokens"]
 
 
-@pytest.mark.parametrize("execution", [{}, {"action_horizon": 2, "ensemble": 1}], ids=["ensemble2", "chunks"])
+@pytest.mark.parametrize("execution", [{}, {"n_action_steps": 2, "ensemble": 1}], ids=["ensemble2", "chunks"])
 def test_eval_through_server_matches_in_process(metaworld_policy_dir, tmp_path, execution):
     kwargs = KWARGS
     local = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, **execution))
@@ -65,12 +65,12 @@ def test_eval_through_server_matches_in_process(metaworld_policy_dir, tmp_path, 
 def test_skipping_unread_frames_changes_nothing(metaworld_policy_dir, tmp_path, monkeypatch):
     """Executing whole 2-step chunks, the envs render only every other frame, and every action is what
     a policy that sees every frame does."""
-    from vla0.sim.parallel import EnvPool
+    from vla0.envs.pool import EnvPool
     flags = []
     step = EnvPool.step
     monkeypatch.setattr(EnvPool, "step", lambda self, a, ids=None, render=None: flags.append(render) or step(self, a, ids, render))
-    skipping = VLA0Policy.from_pretrained(metaworld_policy_dir, action_horizon=2, ensemble=1)
-    every = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, action_horizon=2, ensemble=1))  # no needs_observation
+    skipping = VLA0Policy.from_pretrained(metaworld_policy_dir, n_action_steps=2, ensemble=1)
+    every = Recording(VLA0Policy.from_pretrained(metaworld_policy_dir, n_action_steps=2, ensemble=1))  # no needs_observation
     recorded = Recording(skipping)
     recorded.needs_observation = skipping.needs_observation
     a = evaluate(recorded, out=tmp_path / "skip", **{**KWARGS, "episodes": 1})
@@ -79,5 +79,5 @@ def test_skipping_unread_frames_changes_nothing(metaworld_policy_dir, tmp_path, 
     assert all(f == [True] for f in flags[6:])
     np.testing.assert_allclose(np.concatenate(recorded.actions), np.concatenate(every.actions), atol=1e-6)
     assert a["tasks"] == b["tasks"]
-    with pytest.raises(ValueError, match="action_horizon must be in 1..2"):
-        VLA0Policy.from_pretrained(metaworld_policy_dir, action_horizon=3)
+    with pytest.raises(ValueError, match="n_action_steps must be in 1..2"):
+        VLA0Policy.from_pretrained(metaworld_policy_dir, n_action_steps=3)

@@ -42,32 +42,32 @@ def test_text_format_is_space_separated_integers_in_range(case):
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=80))
 def test_decode_never_raises_on_arbitrary_text(text):
-    codec = ActionCodec(np.zeros(3), np.ones(3), horizon=2, num_bins=100)
+    codec = ActionCodec(np.zeros(3), np.ones(3), chunk_size=2, num_bins=100)
     out = codec.decode(text)
     assert out.actions.shape == (2, 3) and out.bins.min() >= 0 and out.bins.max() <= 100
 
 
 def test_values_outside_the_stats_are_clipped():
-    codec = ActionCodec(np.array([-1.0]), np.array([1.0]), horizon=2, num_bins=100)
+    codec = ActionCodec(np.array([-1.0]), np.array([1.0]), chunk_size=2, num_bins=100)
     assert codec.encode(np.array([[-5.0], [5.0]])) == "0 100"
 
 
 def test_short_chunk_is_padded_with_last_complete_step_and_flagged():
-    codec = ActionCodec(np.zeros(2), np.full(2, 100.0), horizon=3, num_bins=100)
+    codec = ActionCodec(np.zeros(2), np.full(2, 100.0), chunk_size=3, num_bins=100)
     out = codec.decode("10 20 30 40 50")
     assert not out.well_formed
     np.testing.assert_array_equal(out.bins, [[10, 20], [30, 40], [30, 40]])
 
 
 def test_long_chunk_is_truncated_and_large_numbers_clamped():
-    codec = ActionCodec(np.zeros(2), np.full(2, 100.0), horizon=1, num_bins=100)
+    codec = ActionCodec(np.zeros(2), np.full(2, 100.0), chunk_size=1, num_bins=100)
     out = codec.decode("7 9999 1 2")
     assert not out.well_formed
     np.testing.assert_array_equal(out.bins, [[7, 100]])
 
 
 def test_garbage_gives_centre_actions():
-    codec = ActionCodec(np.zeros(2), np.full(2, 100.0), horizon=2, num_bins=100)
+    codec = ActionCodec(np.zeros(2), np.full(2, 100.0), chunk_size=2, num_bins=100)
     out = codec.decode("hello")
     assert not out.well_formed
     np.testing.assert_array_equal(out.bins, [[50, 50], [50, 50]])
@@ -76,19 +76,19 @@ def test_garbage_gives_centre_actions():
 @pytest.mark.parametrize("text,ok", [("1 2 3 4", True), ("1 2 3 4 ", True), ("1  2 3 4", False),
                                      ("1 2 3", False), ("1 2 3 101", False), ("1,2,3,4", False)])
 def test_well_formed_flag(text, ok):
-    codec = ActionCodec(np.zeros(2), np.ones(2), horizon=2, num_bins=100)
+    codec = ActionCodec(np.zeros(2), np.ones(2), chunk_size=2, num_bins=100)
     assert codec.decode(text).well_formed == ok
 
 
 def test_quantile_normalization_uses_q01_q99():
     stats = {"min": [-9.0], "max": [9.0], "q01": [-1.0], "q99": [1.0]}
-    codec = ActionCodec.from_stats(stats, horizon=1, num_bins=10, normalization="quantile")
+    codec = ActionCodec.from_stats(stats, chunk_size=1, num_bins=10, normalization="quantile")
     assert codec.encode(np.array([[0.0]])) == "5"
     with pytest.raises(ValueError, match="q01"):
         ActionCodec.from_stats({"min": [0.0], "max": [1.0]}, 1, 10, "quantile")
 
 
 def test_constant_dimension_round_trips_exactly():
-    codec = ActionCodec(np.array([0.5, 0.0]), np.array([0.5, 1.0]), horizon=1, num_bins=10)
+    codec = ActionCodec(np.array([0.5, 0.0]), np.array([0.5, 1.0]), chunk_size=1, num_bins=10)
     out = codec.decode(codec.encode(np.array([[0.5, 0.3]])))
     np.testing.assert_allclose(out.actions, [[0.5, 0.3]], atol=1e-6)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from vla0.ensemble import TemporalEnsembler, check_execution
+from vla0.config import check_execution
+from vla0.policy.executor import ChunkExecutor
 
 
 def chunk(*rows):
@@ -9,7 +10,7 @@ def chunk(*rows):
 
 
 def test_uniform_average_of_chunks_covering_the_step():
-    ens = TemporalEnsembler(ensemble=3)
+    ens = ChunkExecutor(ensemble=3)
     ens.add(0, chunk(1, 2, 3))      # predicted at step 0
     assert ens.pop(0) == pytest.approx([1])
     ens.add(0, chunk(20, 30, 40))   # step 1: old says 2, new says 20
@@ -21,7 +22,7 @@ def test_uniform_average_of_chunks_covering_the_step():
 
 
 def test_window_limits_the_number_of_voting_chunks():
-    ens = TemporalEnsembler(ensemble=2)
+    ens = ChunkExecutor(ensemble=2)
     ens.add(0, chunk(1, 2, 3))
     ens.pop(0)
     ens.add(0, chunk(10, 20, 30))
@@ -31,7 +32,7 @@ def test_window_limits_the_number_of_voting_chunks():
 
 
 def test_exponential_weights_favour_the_oldest_as_in_aloha():
-    ens = TemporalEnsembler(ensemble=2, decay=np.log(3.0))  # weights 1, 1/3
+    ens = ChunkExecutor(ensemble=2, decay=np.log(3.0))  # weights 1, 1/3
     ens.add(0, chunk(0, 4))
     ens.pop(0)
     ens.add(0, chunk(8, 8))
@@ -39,7 +40,7 @@ def test_exponential_weights_favour_the_oldest_as_in_aloha():
 
 
 def test_executing_several_steps_per_chunk_and_per_env_state():
-    ens = TemporalEnsembler(ensemble=1)
+    ens = ChunkExecutor(ensemble=1)
     ens.add(0, chunk(1, 2))
     ens.add(1, chunk(7, 8))
     assert [ens.pop(0)[0], ens.pop(0)[0]] == [1, 2]
@@ -50,8 +51,8 @@ def test_executing_several_steps_per_chunk_and_per_env_state():
         ens.pop(0)
 
 
-def test_action_horizon_makes_a_chunk_due_before_the_old_one_runs_out():
-    ens = TemporalEnsembler(ensemble=2, action_horizon=2)
+def test_n_action_steps_makes_a_chunk_due_before_the_old_one_runs_out():
+    ens = ChunkExecutor(ensemble=2, n_action_steps=2)
     ens.add(0, chunk(1, 2, 3, 4))
     assert not ens.needs_chunk(0) and ens.steps_since_chunk(0) == 0
     ens.pop(0)
@@ -60,14 +61,31 @@ def test_action_horizon_makes_a_chunk_due_before_the_old_one_runs_out():
     assert ens.needs_chunk(0) and ens.steps_since_chunk(0) == 2  # rows 3, 4 left, but 2 steps executed
     ens.add(0, chunk(30, 40, 50, 60))
     assert ens.steps_since_chunk(0) == 0 and ens.pop(0) == pytest.approx([(3 + 30) / 2])
-    assert TemporalEnsembler(ensemble=2).steps_since_chunk(5) == 0
-    with pytest.raises(ValueError, match="action_horizon must be >= 1"):
-        TemporalEnsembler(action_horizon=0)
+    assert ChunkExecutor(ensemble=2).steps_since_chunk(5) == 0
+    with pytest.raises(ValueError, match="n_action_steps must be >= 1"):
+        ChunkExecutor(n_action_steps=0)
 
 
 def test_check_execution_names_the_bad_setting():
     check_execution(4, 1, 4)
-    with pytest.raises(ValueError, match=r"action_horizon must be in 1..4 \(the chunk length\), got 5"):
+    with pytest.raises(ValueError, match=r"n_action_steps must be in 1..4 \(the chunk_size\), got 5"):
         check_execution(5, 1, 4)
     with pytest.raises(ValueError, match="ensemble must be >= 1, got 0"):
         check_execution(1, 0, 4)
+
+
+def test_select_action_predicts_only_due_envs_and_clips():
+    ex = ChunkExecutor(ensemble=1, n_action_steps=2, bounds=(np.array([-1.0]), np.array([1.0])))
+    calls = []
+
+    def predict(obs, env_ids):
+        calls.append((list(obs["task"]), env_ids))
+        return [chunk(5, -0.5, 0.0) * (i + 1) for i in env_ids]
+
+    obs = {"task": ["a", "b", "c"], "observation.state": np.zeros((3, 2))}
+    first = ex.select_action(obs, [0, 1, 2], predict)
+    assert calls == [(["a", "b", "c"], [0, 1, 2])] and first.tolist() == [[1.0]] * 3  # 5, 10, 15 clipped to 1
+    ex.reset([1])
+    second = ex.select_action(obs, [0, 1, 2], predict)
+    assert calls[1] == (["b"], [1])  # only env 1 (reset) needs a chunk; 0 and 2 are mid-chunk
+    assert second.ravel().tolist() == [-0.5, 1.0, -1.0]  # -1.5 clipped to -1

@@ -50,7 +50,7 @@ class CountingPolicy(RandomPolicy):
     needs_images = True
 
     def __init__(self):
-        super().__init__()
+        super().__init__([-1.0] * 4, [1.0] * 4)
         self.resets = []
 
     def reset(self, env_ids=None):
@@ -66,7 +66,7 @@ class CountingPolicy(RandomPolicy):
 def test_worker_pool_images_and_videos(tmp_path):
     policy = CountingPolicy()
     res = evaluate(policy, ["reach-v3"], 3, out=tmp_path, cameras=("corner3",), image_size=(32, 32), num_workers=2,
-                   batch_envs=2, max_steps=5, videos=1, progress=False)
+                   batch_envs=2, max_episode_steps=5, videos=1, progress=False)
     r = res["tasks"]["reach-v3"]
     assert r["successes"] == 0 and r["mean_steps"] == 5 and r["malformed_outputs"] == policy.malformed_outputs
     assert [0] in policy.resets and [1] in policy.resets  # each slot reset when it starts an episode
@@ -81,4 +81,5 @@ def test_bad_policy_output(tmp_path):
             return np.zeros((len(env_ids), 3), np.float32)
 
     with pytest.raises(ValueError, match=r"expected \(1, 4\)"):
-        evaluate(Bad(), ["reach-v3"], 1, out=tmp_path, cameras=(), num_workers=0, videos=0, progress=False)
+        evaluate(Bad([-1.0] * 4, [1.0] * 4), ["reach-v3"], 1, out=tmp_path, cameras=(), num_workers=0, videos=0,
+                 progress=False)

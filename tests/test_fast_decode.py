@@ -1,4 +1,4 @@
-"""FastDecoder: the same tokens as greedy `generate` under the digit grammar, in fewer passes."""
+"""FastDecoder: the same tokens as greedy `generate` under the action grammar, in fewer passes."""
 
 import numpy as np
 import pytest
@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from vla0.config import PolicyConfig
 from vla0.model.tiny import build_model
 from vla0.model.tokenizer import build_tokenizer
-from vla0.policy.drafts import draft_from_bins
+from vla0.policy.drafts import draft_candidates
 from vla0.policy.fast_decode import FastDecoder
-from vla0.policy.grammar import ActionGrammar, GrammarLogitsProcessor, GrammarStateMachine
+from vla0.grammar import START, ActionGrammar, GrammarLogitsProcessor
 from vla0.policy.kv_cache import KVCache
 from vla0.policy.policy import VLA0Policy
 from vla0.prompt import collate
@@ -24,7 +24,7 @@ def make_policy(seed: int, shape: str, init: float = 0.3) -> VLA0Policy:
     # A larger init than the default makes random models write varied numbers (0, short, long).
     vlm = build_model("tiny", seed=seed, overrides={"text_config": {"initializer_range": init}})
     H, D, B = SHAPES[shape]
-    cfg = PolicyConfig(action_dim=D, cameras=["front"], horizon=H, num_bins=B,
+    cfg = PolicyConfig(action_dim=D, cameras=["front"], chunk_size=H, num_bins=B,
                        action_stats={"min": [-1.0] * D, "max": [1.0] * D}, image_size=[28, 28])
     return VLA0Policy(vlm, cfg)
 
@@ -41,12 +41,24 @@ def paper():
 
 def prompts_for(policy, seed: int, n: int, tasks=("push the puck", "open the drawer", "reach")):
     rng = np.random.default_rng(seed)
-    return [policy.encoder.prompt([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)], tasks[i % len(tasks)])
+    return [policy.processor.prompt([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)], tasks[i % len(tasks)])
             for i in range(n)]
 
 
-def decoder(policy, **kw) -> FastDecoder:
-    return FastDecoder(policy.vlm.model, policy.vlm.tokenizer, policy.grammar, policy.encoder, **kw)
+class TextDecoder(FastDecoder):
+    """FastDecoder returning text, as the policy's processor decodes it."""
+
+    def __init__(self, policy, **kw):
+        p = policy.processor
+        super().__init__(policy.vlm.model, p.grammar, policy.config.action_dim, p.pad_id, **kw)
+        self.tokenizer = p.tokenizer
+
+    def decode(self, prompts, drafts=None) -> list[str]:
+        return self.tokenizer.batch_decode(self.decode_ids(prompts, drafts), skip_special_tokens=True)
+
+
+def decoder(policy, **kw) -> TextDecoder:
+    return TextDecoder(policy, **kw)
 
 
 def bins_of(text: str) -> list[int]:
@@ -60,9 +72,9 @@ def hf_generate(policy, prompts) -> list[str]:
     batch = collate(prompts, tok.pad_token_id, padding_side="left")
     width = batch["input_ids"].shape[1]
     out = policy.vlm.model.generate(
-        **batch, logits_processor=[GrammarLogitsProcessor(policy.grammar, width)],
-        max_new_tokens=policy.grammar.max_new_tokens(), do_sample=False, top_k=None, top_p=None,
-        eos_token_id=policy.grammar.end_id, pad_token_id=tok.pad_token_id)
+        **batch, logits_processor=[GrammarLogitsProcessor(policy.processor.grammar, width)],
+        max_new_tokens=policy.processor.grammar.max_new_tokens(), do_sample=False, top_k=None, top_p=None,
+        eos_token_id=policy.processor.grammar.end_id, pad_token_id=tok.pad_token_id)
     return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
@@ -77,31 +89,42 @@ def baseline(policy, key, prompts) -> list[str]:
     return _BASE[key]
 
 
-# -- grammar state machine ---------------------------------------------------------------------------
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(0, 11), max_size=30), st.sampled_from(FAST_SHAPES))
-def test_fsm_matches_grammar(choices, shape):
+# -- the grammar against an independent reference ----------------------------------------------
+def valid_prefix(text: str, end: bool, N: int, B: int) -> bool:
+    """Reference by text: could `text` (then <|im_end|> if end) begin a well-formed chunk of N
+    numbers in 0..B, spelt without leading zeros and separated by single spaces?"""
+    parts = text.split(" ")
+    if len(parts) > N or any(not p for p in parts[:-1]):
+        return False
+    for p in parts:
+        if p and (not p.isdigit() or int(p) > B or (p.startswith("0") and p != "0")):
+            return False
+    if end:
+        return len(parts) == N and parts[-1] != ""
+    return True
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 11), max_size=40), st.sampled_from(FAST_SHAPES))
+def test_grammar_allows_exactly_the_valid_next_tokens(choices, shape):
     H, D, B = SHAPES[shape]
     if "tok" not in _TOK:
         _TOK["tok"] = build_tokenizer()
-    grammar = ActionGrammar(_TOK["tok"], H * D, B)
-    fsm = GrammarStateMachine(grammar)
-    state, ids = (0, "", False), []
+    tok = _TOK["tok"]
+    grammar = ActionGrammar(tok, H * D, B)
+    state, text = START, ""
     for c in choices:
-        allowed = grammar.allowed(ids)
-        assert tuple(sorted(allowed)) == fsm.allowed(state)
+        allowed = grammar.allowed(state)
+        expected = tuple(sorted(t for t in grammar.ids if valid_prefix(
+            text + ("" if t == grammar.end_id else tok.decode([t])), t == grammar.end_id, H * D, B)))
+        assert allowed == expected, (text, allowed, expected)
+        assert grammar.ids_arr[grammar.mask(state)].tolist() == list(allowed)
         t = allowed[c % len(allowed)]
-        ids.append(t)
-        state = fsm.advance(state, t)
+        state = grammar.advance(state, t)
         if state[2]:
-            assert grammar.state(ids)[2]
+            assert grammar.allowed(state) == (grammar.end_id,) and len(text.split(" ")) == H * D
             break
-
-
-def test_draft_from_bins():
-    prev = np.arange(12).reshape(3, 4)
-    assert draft_from_bins(prev) == list(range(4, 12))
-    assert draft_from_bins(prev, shift=2) == list(range(8, 12))
+        text += tok.decode([t])
 
 
 # -- exactness ---------------------------------------------------------------------------------------
@@ -117,7 +140,7 @@ def test_equals_generate_without_draft(policies, kw, shape):
         dec = decoder(pol, **kw)
         assert [dec.decode([p])[0] for p in prompts] == base
         for text in base:
-            assert pol.codec.is_well_formed(text)
+            assert pol.processor.codec.is_well_formed(text)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -158,7 +181,7 @@ def test_acceptance_bookkeeping(policies):
         s = dec.last_stats
         assert s["forward_passes"] == 1  # the whole chunk verified with the prompt
         assert s["accepted_tokens"] == len(ids) == s["tokens"]
-        assert ids[-1] == pol.grammar.end_id
+        assert ids[-1] == pol.processor.grammar.end_id
     # one wrong last digit of a 3-digit number costs exactly one extra pass
     for p, text in zip(prompts, base):
         truth = bins_of(text)
@@ -217,19 +240,18 @@ def test_batched_equals_one_by_one(policies, shape, monkeypatch):
 
 def test_paper_shape_closed_loop(paper):
     """H=8, D=7, B=1000: a replayed episode (previous chunk as draft), batched and one by one."""
-    from vla0.policy.drafts import draft_candidates
     rng = np.random.default_rng(3)
     base_img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     dec, dec1 = decoder(paper), decoder(paper, batch_draft_tokens=24)
     prev = [None, None]
     for t in range(3):
         imgs = [np.roll(base_img, t + 5 * e, axis=1) for e in range(2)]
-        prompts = [paper.encoder.prompt([im], "push the puck") for im in imgs]
+        prompts = [paper.processor.prompt([im], "push the puck") for im in imgs]
         base = hf_generate(paper, prompts)
         drafts = [None if p is None else draft_candidates(p) for p in prev]
         assert dec.decode(prompts, drafts) == base
         assert [dec1.decode([p], [d])[0] for p, d in zip(prompts, drafts)] == base
-        prev = [paper.codec.decode(text).bins for text in base]
+        prev = [paper.processor.codec.decode(text).bins for text in base]
     assert dec.stats["forward_passes"] < dec.stats["tokens"] / 3
 
 
@@ -270,7 +292,7 @@ def test_relaxed_mode(policies):
         draft = [min(1000, v + 1) if v >= 10 and v % 10 < 9 else v for v in truth]
         assert decoder(pol, relaxed_k=0).decode([p], [draft]) == [text]
         relaxed = decoder(pol, relaxed_k=1)
-        assert pol.codec.is_well_formed(relaxed.decode([p], [draft])[0])
+        assert pol.processor.codec.is_well_formed(relaxed.decode([p], [draft])[0])
         # a tolerance wider than any digit change keeps every same-length drafted number
         loose = decoder(pol, relaxed_k=10**4)
         assert loose.decode([p], [draft]) == [" ".join(map(str, draft))]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vla0.model.vlm import load_processor
-from vla0.policy.grammar import ActionGrammar
+from vla0.grammar import ActionGrammar
 from vla0.policy.policy import VLA0Policy
 
 
@@ -18,7 +18,7 @@ def test_grammar_admits_exactly_n_numbers_within_range(grammar):
     for _ in range(200):
         ids = []
         while not ids or ids[-1] != g.end_id:
-            ids.append(int(rng.choice(g.allowed(ids))))
+            ids.append(int(rng.choice(g.allowed(g.state_after(ids)))))
         text = tok.decode(ids[:-1])
         parts = text.split(" ")
         assert len(parts) == 3 and all(p.isdigit() and int(p) <= 250 for p in parts), text
@@ -28,10 +28,11 @@ def test_grammar_admits_exactly_n_numbers_within_range(grammar):
 def test_grammar_forces_separator_and_end(grammar):
     tok, g = grammar
     enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-    assert g.allowed(enc("250")) == [g.space_id]  # cannot grow past B
-    assert g.allowed(enc("1 2 25")) == [g.digit_ids[0], g.end_id]  # 250 still fits; or end
-    assert g.allowed(enc("1 2 26")) == [g.end_id]
-    assert g.allowed(enc("0")) == [g.space_id]  # no leading zeros
+    after = lambda s: g.allowed(g.state_after(enc(s)))  # noqa: E731
+    assert after("250") == (g.space_id,)  # cannot grow past B
+    assert after("1 2 25") == (g.digit_ids[0], g.end_id)  # 250 still fits; or end
+    assert after("1 2 26") == (g.end_id,)
+    assert after("0") == (g.space_id,)  # no leading zeros
 
 
 def obs(batch, size=40):
@@ -46,10 +47,14 @@ def policy(tiny_policy_dir):
     return VLA0Policy.from_pretrained(tiny_policy_dir)
 
 
-def test_predict_chunk_shapes_bounds_and_batch_consistency(policy):
+def test_predict_chunk_shapes_decoding_and_batch_consistency(policy):
     chunks = policy.predict_action_chunk(obs(3))
     assert chunks.shape == (3, 2, 4) and chunks.dtype == np.float32
-    assert chunks.min() >= -1 and chunks.max() <= 1
+    # the chunk is what the greedy tokens spell: every value on the codec's grid of B + 1 levels
+    tokens = policy.decoder.greedy(policy.processor.prompts(obs(3)))
+    np.testing.assert_array_equal(chunks, np.stack([policy.processor.decode(t).actions for t in tokens]))
+    levels = (chunks + 1) / 2 * 100  # bounds [-1, 1], B = 100
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
     single = policy.predict_action_chunk({k: v[1:2] for k, v in obs(3).items()})
     np.testing.assert_allclose(single[0], chunks[1], atol=1e-6)
     assert policy.malformed_outputs == 0
@@ -64,8 +69,8 @@ def test_select_action_uses_per_env_ensembling(policy):
     second = policy.select_action(o, env_ids=[5, 9])  # averages chunk[1] of the first call and chunk[0] now
     np.testing.assert_allclose(second, (chunk[:, 1] + chunk[:, 0]) / 2, atol=1e-6)
     policy.reset([9])  # env 9 forgets its chunks; env 5 keeps its history (one step since its chunk)
-    assert policy.ensembler.steps_since_chunk(9) == 0 and policy.ensembler.steps_since_chunk(5) == 1
-    assert policy.ensembler.needs_chunk(9)
+    assert policy.executor.steps_since_chunk(9) == 0 and policy.executor.steps_since_chunk(5) == 1
+    assert policy.executor.needs_chunk(9)
 
 
 @pytest.mark.parametrize("mutate,message", [

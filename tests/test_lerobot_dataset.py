@@ -164,9 +164,9 @@ def test_reads_v21(tmp_path):
 
 
 def test_collect_expert_demos(tmp_path):
-    from vla0.sim.collect import collect
+    from vla0.envs.collect import collect
 
-    with pytest.raises(ValueError, match="unknown Meta-World task 'reach-v2'"):
+    with pytest.raises(ValueError, match="unknown metaworld task 'reach-v2'"):
         collect(["reach-v2"], 1, 0, tmp_path / "x", progress=False)
     out = collect(["reach-v3"], 2, 0, tmp_path / "demos", cameras=("corner3",), image_size=(32, 32), num_workers=0, progress=False)
     d = load_lerobot(out)

@@ -3,12 +3,17 @@ import mujoco
 import numpy as np
 import pytest
 
-from vla0.sim.metaworld_env import TASKS, EnvSpec, MetaWorldEnv, check_task
+from vla0.envs import EnvSpec, get_env
+from vla0.envs.metaworld import TASKS, MetaWorldEnv
+
+
+def spec(task, visible_goal=True, **kw):
+    return EnvSpec("metaworld", task, options={"visible_goal": visible_goal}, **kw)
 
 
 @pytest.fixture(scope="module")
 def env():
-    e = MetaWorldEnv(EnvSpec("reach-v3", cameras=("corner3", "topview"), image_size=(32, 48)))
+    e = MetaWorldEnv(spec("reach-v3", cameras=("corner3", "topview"), image_size=(32, 48)))
     yield e
     e.close()
 
@@ -54,28 +59,28 @@ def test_seeding(env):
 
 
 def test_positions_not_limited_to_mt1_variants():
-    env = MetaWorldEnv(EnvSpec("push-v3", cameras=()))
+    env = MetaWorldEnv(spec("push-v3", cameras=()))
     goals = {tuple(env.reset(seed=s)[0]["observation.environment_state"][-3:].round(5)) for s in range(60)}
     env.close()
     assert len(goals) == 60  # MT1 would cycle through 50 fixed variants
 
 
 def test_expert_succeeds_and_truncation():
-    env = MetaWorldEnv(EnvSpec("reach-v3", cameras=(), max_steps=200))
+    env = MetaWorldEnv(spec("reach-v3", cameras=(), max_episode_steps=200))
     env.reset(seed=1)
     for _ in range(200):
         _, _, term, trunc, info = env.step(env.expert_action())
         if term or trunc:
             break
     assert term and info["success"]
-    env2 = MetaWorldEnv(EnvSpec("reach-v3", cameras=(), max_steps=3))
+    env2 = MetaWorldEnv(spec("reach-v3", cameras=(), max_episode_steps=3))
     env2.reset(seed=1)
     outs = [env2.step(np.zeros(4))[3] for _ in range(3)]
     assert outs == [False, False, True]
 
 
 def test_visible_goal_only_changes_rendering():
-    specs = [EnvSpec("reach-v3", cameras=("corner3",), visible_goal=v) for v in (True, False)]
+    specs = [spec("reach-v3", cameras=("corner3",), visible_goal=v) for v in (True, False)]
     envs = [MetaWorldEnv(s) for s in specs]
     obs = [e.reset(seed=2)[0] for e in envs]
     green = [((o["observation.images.corner3"][..., 1] > 200) & (o["observation.images.corner3"][..., 0] < 100)).sum() for o in obs]
@@ -88,15 +93,19 @@ def test_visible_goal_only_changes_rendering():
 
 
 def test_bad_names():
-    with pytest.raises(ValueError, match="valid v3 tasks"):
-        check_task("reach-v2")
-    with pytest.raises(ValueError, match="unknown camera"):
-        EnvSpec("reach-v3", cameras=("front",))
+    with pytest.raises(ValueError, match="unknown metaworld task 'reach-v2'; valid tasks"):
+        get_env("metaworld").check_task("reach-v2")
+    with pytest.raises(ValueError, match="unknown env 'fly'; registered environments: metaworld"):
+        get_env("fly")
+    with pytest.raises(ValueError, match="unknown metaworld option"):
+        EnvSpec("metaworld", "reach-v3", options={"glow": True})
+    with pytest.raises(ValueError, match="unknown metaworld camera"):
+        spec("reach-v3", cameras=("front",))
     assert "reach-v3" in TASKS and "pick-place-v3" in TASKS
 
 
 def test_missing_gl_library_names_the_fix(monkeypatch):
-    from vla0.sim import gl
+    from vla0.envs import gl
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     monkeypatch.setattr(gl, "_loadable", lambda *names: False)
     with pytest.raises(OSError, match="libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1.*MUJOCO_GL"):

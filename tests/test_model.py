@@ -26,7 +26,7 @@ def test_init_model_writes_a_standard_hugging_face_folder(tmp_path):
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
     vlm = load_vlm(tiny_model_dir)
-    cfg = PolicyConfig(action_dim=2, cameras=["a"], horizon=2, num_bins=100,
+    cfg = PolicyConfig(action_dim=2, cameras=["a"], chunk_size=2, num_bins=100,
                        action_stats={"min": [0, 0], "max": [1, 1]}, image_size=[56, 56])
     enc = PromptEncoder(vlm.tokenizer, vlm.image_processor, cfg)
     frames = [np.random.default_rng(0).integers(0, 255, (56, 56, 3), dtype=np.uint8)]

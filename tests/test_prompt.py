@@ -9,7 +9,7 @@ from vla0.prompt import IGNORE, PromptEncoder, collate, system_prompt
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir):
     tok, ip = load_processor(tiny_model_dir)
-    cfg = PolicyConfig(action_dim=2, cameras=["a", "b"], horizon=2, num_bins=100,
+    cfg = PolicyConfig(action_dim=2, cameras=["a", "b"], chunk_size=2, num_bins=100,
                        action_stats={"min": [0, 0], "max": [1, 1]}, image_size=[56, 56])
     return PromptEncoder(tok, ip, cfg)
 

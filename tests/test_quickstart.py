@@ -7,9 +7,10 @@ from vla0.quickstart import QuickstartConfig, run_quickstart
 
 
 def test_quickstart_writes_the_report_and_resumes(tmp_path, capsys):
-    cfg = QuickstartConfig(tasks=["reach-v3"], cameras=["corner3"], camera_size=[32, 32], image_size=[28, 28],
-                           demos_per_task=2, eval_episodes=1, steps=3, batch_size=4, num_workers=0)
-    results = run_quickstart(tmp_path, cfg, progress=False)
+    cfg = QuickstartConfig(out=str(tmp_path), tasks=["reach-v3"], camera_size=[32, 32], demos_per_task=2,
+                           eval_episodes=1, steps=3, num_workers=0, progress=False,
+                           training={"cameras": ["corner3"], "image_size": [28, 28], "batch_size": 4})
+    results = run_quickstart(cfg)
     assert set(results) == {"vla0", "expert", "random"}
     assert results["expert"]["tasks"]["reach-v3"]["successes"] == 1
     report = json.loads((tmp_path / "results.json").read_text())
@@ -22,5 +23,5 @@ def test_quickstart_writes_the_report_and_resumes(tmp_path, capsys):
     phases = json.loads((tmp_path / "timings.json").read_text())
     assert {"collect", "train", "eval-vla0", "eval-expert", "eval-random"} <= set(phases)
     capsys.readouterr()
-    run_quickstart(tmp_path, cfg, progress=False)
+    run_quickstart(cfg)
     assert capsys.readouterr().out.count("already done, skipping") == 6

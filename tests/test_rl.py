@@ -10,14 +10,15 @@ import torch
 
 from vla0.config import PolicyConfig
 from vla0.model.vlm import load_vlm
-from vla0.policy.grammar import ActionGrammar
+from vla0.grammar import START, ActionGrammar
 from vla0.policy.policy import VLA0Policy
 from vla0.prompt import collate
 from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, trajectory_token_weights, is_informative
 from vla0.rl.learner import Learner, executed_token_mask
 from vla0.rl.trainer import RLConfig, RLTrainer
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory
-from vla0.rl.sampler import GrammarSampler, GrammarTable
+from vla0.policy.decoder import ActionDecoder
+from vla0.processor import ActionProcessor
 
 
 # -- GRPO arithmetic ------------------------------------------------------------------------------
@@ -74,20 +75,16 @@ def test_trajectory_mean_weights_balance_a_group():
 
 
 # -- grammar-constrained sampling with exact log-probs ------------------------------------------
-def test_grammar_table_matches_action_grammar(tiny_policy_dir):
+def test_executed_token_mask(tiny_policy_dir):
     tok = load_vlm(tiny_policy_dir).tokenizer
     g = ActionGrammar(tok, num_values=5, num_bins=120)
-    table = GrammarTable(g)
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        ids = []
-        while not ids or ids[-1] != g.end_id:
-            ids.append(int(rng.choice(g.allowed(ids))))
-        masks = table.masks(ids)
-        for k in range(len(ids)):
-            assert sorted(table.ids[j] for j in masks[k].nonzero().flatten().tolist()) == sorted(g.allowed(ids[:k]))
     assert executed_token_mask(tok.encode("12 3 45", add_special_tokens=False) + [g.end_id], g, 2) == \
         [True, True, True, True, True, False, False, False]
+
+
+def processor_of(tiny_policy_dir, vlm=None):
+    vlm = vlm or load_vlm(tiny_policy_dir)
+    return ActionProcessor(PolicyConfig.load(tiny_policy_dir), vlm.tokenizer, vlm.image_processor)
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +98,14 @@ def _frames(seed, n=2, size=32):
 
 
 def test_rollout_logprobs_equal_recomputed_and_hf_forward(policy):
-    sampler = GrammarSampler(policy.vlm.model, policy.vlm.tokenizer, policy.grammar)
+    sampler = ActionDecoder(policy.vlm.model, policy.processor, fast=False)
+    grammar = policy.processor.grammar
     # different instructions -> different prompt lengths -> padding on both sides is exercised
-    prompts = [policy.encoder.prompt(_frames(i), "x" * (3 * i + 1)) for i in range(3)]
+    prompts = [policy.processor.prompt(_frames(i), "x" * (3 * i + 1)) for i in range(3)]
     samples = sampler.sample(prompts, 1.6, torch.Generator().manual_seed(0))
     for s in samples:
-        assert s.tokens[-1] == policy.grammar.end_id and len(s.tokens) == len(s.logprobs)
-        assert policy.codec.is_well_formed(policy.vlm.tokenizer.decode(s.tokens[:-1]))
+        assert s.tokens[-1] == grammar.end_id and len(s.tokens) == len(s.logprobs)
+        assert policy.processor.codec.is_well_formed(policy.vlm.tokenizer.decode(s.tokens[:-1]))
         assert all(lp <= 0 for lp in s.logprobs)
     old = torch.tensor([lp for s in samples for lp in s.logprobs])
     scored = sampler.score(prompts, [s.tokens for s in samples], 1.6)
@@ -115,27 +113,26 @@ def test_rollout_logprobs_equal_recomputed_and_hf_forward(policy):
     assert (ratio - 1).abs().max() < 1e-5
     assert float(old[scored.choices == 1].abs().max()) == 0.0  # forced tokens: log-prob exactly 0
     # the same numbers from a plain HF forward (its own rope positions, full vocabulary logits)
-    table = sampler.table
     for p, s in zip(prompts, samples):
         batch = collate([type(p)(p.input_ids + s.tokens, p.mm_token_type_ids + [0] * len(s.tokens),
-                                 p.pixel_values, p.image_grid_thw)], sampler.pad_id)
+                                 p.pixel_values, p.image_grid_thw)], policy.processor.pad_id)
         with torch.no_grad():
             logits = policy.vlm.model(**batch).logits[0, len(p.input_ids) - 1:-1].float()
         ref = []
         for k, t in enumerate(s.tokens):
-            allowed = policy.grammar.allowed(s.tokens[:k])
+            allowed = list(grammar.allowed(grammar.state_after(s.tokens[:k])))
             ref.append(float(torch.log_softmax(logits[k, allowed] / 1.6, -1)[allowed.index(t)]))
         assert np.allclose(ref, s.logprobs, atol=1e-4)
-    assert table.num_cols == 12
+    assert len(grammar.ids) == 12
 
 
 def _sampled_trajectories(policy, vlm, n=4):
     """n one-call trajectories of one group sampled at T = 1.6, alternately successes and failures."""
-    sampler = GrammarSampler(vlm.model, vlm.tokenizer, policy.grammar)
+    sampler = ActionDecoder(vlm.model, policy.processor, fast=False)
     trajs = []
     for i in range(n):
         frames = _frames(10 + i)
-        prompt = policy.encoder.prompt(frames, "pick")
+        prompt = policy.processor.prompt(frames, "pick")
         s = sampler.sample([prompt], 1.6, torch.Generator().manual_seed(i))[0]
         trajs.append(Trajectory(0, "t", 0, i, i % 2 == 0, 1, [Step(frames, "pick", s.tokens, s.logprobs)]))
     return trajs
@@ -143,10 +140,9 @@ def _sampled_trajectories(policy, vlm, n=4):
 
 def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
     vlm = load_vlm(tiny_policy_dir)
-    config = PolicyConfig.load(tiny_policy_dir)
     trajs = _sampled_trajectories(policy, vlm)
     before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
-    learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, micro_batch=3)
+    learner = Learner(vlm.model, processor_of(tiny_policy_dir, vlm), lr=1e-3, micro_batch=3)
     stats = learner.update(trajs, group_advantages([t.reward for t in trajs], [0] * 4))
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-8
@@ -156,40 +152,38 @@ def test_learner_ratio_is_one_before_the_step(policy, tiny_policy_dir):
 
 def test_learner_lr_warmup_is_linear_and_resumes(policy, tiny_policy_dir):
     vlm = load_vlm(tiny_policy_dir)
-    config = PolicyConfig.load(tiny_policy_dir)
     trajs = _sampled_trajectories(policy, vlm)
     adv = group_advantages([t.reward for t in trajs], [0] * 4)
-    learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, warmup_steps=3, minibatches=2,
+    learner = Learner(vlm.model, processor_of(tiny_policy_dir, vlm), lr=1e-3, warmup_steps=3, minibatches=2,
                       temperature=1.6)
     assert learner.current_lr() == pytest.approx(0.25e-3)
     stats = learner.update(trajs, adv)  # steps at 0.25e-3 and 0.5e-3
     assert stats["optimizer_steps"] == 2 and stats["lr"] == pytest.approx(0.5e-3)
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
-    resumed = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3, warmup_steps=3, minibatches=2,
+    resumed = Learner(vlm.model, processor_of(tiny_policy_dir, vlm), lr=1e-3, warmup_steps=3, minibatches=2,
                       temperature=1.6)
     resumed.load_state_dict(learner.state_dict())
     assert resumed.current_lr() == pytest.approx(0.75e-3)  # the warm-up continues where it stopped
     assert resumed.update(trajs, adv)["lr"] == pytest.approx(1e-3)  # 0.75e-3, then the full rate
     assert resumed.current_lr() == pytest.approx(1e-3)
-    assert Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, lr=1e-3).current_lr() == 1e-3  # recipe: constant
+    assert Learner(vlm.model, processor_of(tiny_policy_dir, vlm), lr=1e-3).current_lr() == 1e-3  # recipe: constant
 
 
 def test_learner_weights_trajectories_by_loss_aggregation(tiny_policy_dir):
     """trajectory-mean: every call of a trajectory carries (T / N) / L_trajectory; token-mean: 1."""
     vlm = load_vlm(tiny_policy_dir)
-    config = PolicyConfig.load(tiny_policy_dir)
     calls = lambda n: [Step([], "pick", [5, 6, 7], [0.0, 0.0, 0.0]) for _ in range(n)]  # noqa: E731
     trajs = [Trajectory(0, "t", 0, 0, True, 1, calls(1)), Trajectory(0, "t", 0, 1, False, 3, calls(3))]
     by_agg = {}
     for agg in ("token-mean", "trajectory-mean"):
-        learner = Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, loss_agg=agg)
+        learner = Learner(vlm.model, processor_of(tiny_policy_dir, vlm), loss_agg=agg)
         items = learner._items(trajs, [1.0, -1.0])
         by_agg[agg] = [x for it in items for x in (it.advantage, it.weight)]
         assert all(it.loss_mask == [True] * 3 for it in items)
     assert by_agg["token-mean"] == [1.0, 1.0] + [-1.0, 1.0] * 3  # (advantage, weight) per call
     assert by_agg["trajectory-mean"] == pytest.approx([1.0, 2.0] + [-1.0, 2.0 / 3.0] * 3)
     with pytest.raises(ValueError, match="loss aggregation must be one of"):
-        Learner(vlm.model, vlm.tokenizer, vlm.image_processor, config, loss_agg="sum")
+        Learner(vlm.model, processor_of(tiny_policy_dir, vlm), loss_agg="sum")
 
 
 # -- tiny end-to-end: a fake env in which success depends on the action ----------------------------
@@ -219,7 +213,7 @@ class FakePool:
             obs = self._obs(st[2])
             if render is not None and not render[j]:  # as EnvPool: no images unless asked for
                 obs = {k: v for k, v in obs.items() if not k.startswith("observation.images.")}
-            res.append((obs, 0.0, ok, (not ok) and st[1] >= st[0].horizon, {"success": ok}))
+            res.append((obs, 0.0, ok, (not ok) and st[1] >= st[0].max_episode_steps, {"success": ok}))
         return res
 
     def close(self):
@@ -228,7 +222,7 @@ class FakePool:
 
 def _cfg(policy, out, **kw):
     base = dict(policy=str(policy), tasks=["reach-v3"], out=str(out), group_size=4, groups_per_batch=2,
-                max_steps=1, iterations=2, lr=1e-3, temperature=1.6, batch_envs=8, progress=False)
+                max_episode_steps=1, iterations=2, lr=1e-3, temperature=1.6, batch_envs=8, progress=False)
     return RLConfig(**{**base, **kw})
 
 
@@ -249,8 +243,8 @@ def test_end_to_end_iterations_checkpoint_resume_export(metaworld_policy_dir, tm
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000002"
     # the exported policy loads like any other, with the RL execution settings and provenance
     loaded = VLA0Policy.from_pretrained(out)
-    assert loaded.config.action_horizon == 1 and loaded.config.ensemble == 1  # source: 1 and 2
-    assert loaded.config.extra["rl"]["source_policy"] == str(metaworld_policy_dir.resolve())
+    assert loaded.config.n_action_steps == 1 and loaded.config.ensemble == 1  # source: 1 and 2
+    assert loaded.config.training["rl"]["source_policy"] == str(metaworld_policy_dir.resolve())
     obs = {"observation.images.corner3": _frames(0, 1)[0][None], "task": ["reach"]}
     assert loaded.select_action(obs, [0]).shape == (1, 4)
     assert policy_dir == out / "policy"
@@ -270,15 +264,15 @@ def test_held_out_eval_uses_its_own_episode_cap(metaworld_policy_dir, tmp_path, 
     seen = []
 
     def fake_evaluate(policy, tasks, episodes, **kw):
-        seen.append(kw["max_steps"])
+        seen.append(kw["max_episode_steps"])
         return {"mean_success_rate": 0.5, "tasks": {t: {"success_rate": 0.5} for t in tasks}}
 
     monkeypatch.setattr(ev, "evaluate", fake_evaluate)
     assert RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "a"), pool=FakePool()).evaluate("x")["eval_success_rate"] == 0.5
-    RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "b", eval_max_steps=7), pool=FakePool()).evaluate("x")
+    RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "b", eval_max_episode_steps=7), pool=FakePool()).evaluate("x")
     assert seen == [None, 7]  # rollouts capped at 1 step in both; None = the per-task table
-    with pytest.raises(ValueError, match="--eval-max-steps must be >= 1"):
-        RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "c", eval_max_steps=0), pool=FakePool())
+    with pytest.raises(ValueError, match="--eval-max-episode-steps must be >= 1"):
+        RLTrainer(_cfg(metaworld_policy_dir, tmp_path / "c", eval_max_episode_steps=0), pool=FakePool())
 
 
 def test_lora_iteration_exports_merged_policy(metaworld_policy_dir, tmp_path):
@@ -310,12 +304,11 @@ def test_standalone_worker_receives_weights(metaworld_policy_dir, tmp_path):
 
 def test_metaworld_rollouts(metaworld_policy_dir):
     """Real Meta-World envs in-process: one group of 2 rollouts, 3 steps, 1 step per chunk."""
-    from vla0.sim.parallel import EnvPool
+    from vla0.envs.pool import EnvPool
     vlm = load_vlm(metaworld_policy_dir)
-    config = PolicyConfig.load(metaworld_policy_dir)
-    settings = RolloutSettings(temperature=1.6, action_horizon=1, max_steps=3, batch_envs=2)
+    settings = RolloutSettings(temperature=1.6, n_action_steps=1, max_episode_steps=3, batch_envs=2)
     with EnvPool(0) as pool:
-        worker = RolloutWorker(vlm.model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool)
+        worker = RolloutWorker(vlm.model, processor_of(metaworld_policy_dir, vlm), settings, pool=pool)
         trajs = worker.run([RolloutJob(7, "reach-v3", 123, 2)], torch.Generator().manual_seed(0))
     assert [(t.group, t.seed, t.index, t.length, len(t.steps)) for t in trajs] == [(7, 123, 0, 3, 3), (7, 123, 1, 3, 3)]
     assert trajs[0].steps[0].frames[0].shape == (32, 32, 3) and trajs[0].steps[0].instruction == "reach the goal"
@@ -325,15 +318,14 @@ def test_metaworld_rollouts(metaworld_policy_dir):
 
 def test_chunked_rollouts_render_only_replanning_frames(metaworld_policy_dir):
     """Executing 2-step chunks, the envs render every other step: only frames a policy call reads."""
-    from vla0.sim.parallel import EnvPool
+    from vla0.envs.pool import EnvPool
     vlm = load_vlm(metaworld_policy_dir)
-    config = PolicyConfig.load(metaworld_policy_dir)
-    settings = RolloutSettings(temperature=1.0, action_horizon=2, max_steps=5, batch_envs=1)
+    settings = RolloutSettings(temperature=1.0, n_action_steps=2, max_episode_steps=5, batch_envs=1)
     flags = []
     with EnvPool(0) as pool:
         step = pool.step
         pool.step = lambda actions, ids=None, render=None: flags.append(list(render)) or step(actions, ids, render)
-        worker = RolloutWorker(vlm.model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool)
+        worker = RolloutWorker(vlm.model, processor_of(metaworld_policy_dir, vlm), settings, pool=pool)
         trajs = worker.run([RolloutJob(0, "reach-v3", 5, 1)], torch.Generator().manual_seed(0))
     assert flags == [[False], [True], [False], [True], [False]]
     assert trajs[0].length == 5 and len(trajs[0].steps) == 3  # chunks at steps 0, 2 and 4
@@ -342,9 +334,9 @@ def test_chunked_rollouts_render_only_replanning_frames(metaworld_policy_dir):
 def test_cli_parser_and_config_errors(metaworld_policy_dir, tmp_path):
     import argparse
 
-    from vla0.rl.cli import add_parser, config_from_args
+    from vla0.cli.rl import add_parsers, config_from_args
     parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["rl", "--policy", str(metaworld_policy_dir), "--tasks", "reach-v3,drawer-open-v3",
                               "--out", str(tmp_path / "o"), "--minutes", "5", "--lora-rank", "8"])
     cfg = config_from_args(args)
@@ -352,7 +344,7 @@ def test_cli_parser_and_config_errors(metaworld_policy_dir, tmp_path):
     assert (cfg.group_size, cfg.groups_per_batch, cfg.temperature, cfg.lr, cfg.warmup_steps, cfg.clip_low,
             cfg.clip_high) == (8, 64, 1.6, 5e-6, 0, 0.2, 0.28)
     for bad, match in [(dict(iterations=None), "--iterations or --minutes"), (dict(group_size=1), "group-size"),
-                       (dict(tasks=["nope-v3"]), "unknown Meta-World task"),
+                       (dict(tasks=["nope-v3"]), "unknown metaworld task"),
                        (dict(eval_seed=99_999, eval_every=1), "rollout seeds"),
                        (dict(warmup_steps=-1), "--warmup-steps >= 0")]:
         with pytest.raises(ValueError, match=match):

@@ -11,10 +11,11 @@ import urllib.request
 import msgpack
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from vla0.client import PolicyClient, RemotePolicy, ServerError
-from vla0.ensemble import TemporalEnsembler
+from vla0.policy.executor import ChunkExecutor
 from vla0.policy.policy import VLA0Policy
 from vla0.serve import protocol
 from vla0.serve.server import PolicyServer, ServeConfig, ServerThread
@@ -105,7 +106,7 @@ def test_protocol_malformed(raw):
 
 def test_metadata_and_round_trip(server, client, policy):
     meta = client.metadata
-    assert (meta["horizon"], meta["action_dim"], meta["num_bins"]) == (2, 4, 100)
+    assert (meta["chunk_size"], meta["action_dim"], meta["num_bins"]) == (2, 4, 100)
     assert meta["cameras"] == ["front", "wrist"] and meta["image_size"] == [32, 32]
     assert meta["action_bounds"] == {"min": [-1.0] * 4, "max": [1.0] * 4} and "vla0_version" in meta
     assert http(server.url + "/metadata")[1] == meta
@@ -155,19 +156,19 @@ def _bad(obs, **change):
     return {k: v for k, v in out.items() if v is not None}
 
 
-BAD_INPUTS = {
-    "missing_camera": lambda o: _bad(o, **{WRIST: None}),
-    "unknown_camera": lambda o: _bad(o, **{"observation.images.top": o[FRONT]}),
-    "bad_image": lambda o: _bad(o, **{FRONT: o[FRONT][..., :2]}),
-    "bad_image_dtype": lambda o: _bad(o, **{FRONT: o[FRONT].astype(np.float32)}),
-    "bad_image_list": lambda o: _bad(o, **{FRONT: o[FRONT].tolist()}),
-    "nan_state": lambda o: _bad(o, **{"observation.state": np.array([0.0, np.nan, 1.0], np.float32)}),
-    "short_state": lambda o: _bad(o, **{"observation.state": np.zeros(2, np.float32)}),
-    "state_2d": lambda o: _bad(o, **{"observation.state": np.zeros((1, 3), np.float32)}),
-    "missing_task": lambda o: _bad(o, task=None),
-    "task_not_str": lambda o: _bad(o, task=["a", "b"]),
-    "too_large": lambda o: _bad(o, **{FRONT: np.zeros((320, 320, 3), np.uint8)}),
-    "not_a_map": lambda o: [1, 2, 3],
+BAD_INPUTS = {  # name: (the bad observation, the one error code it must get)
+    "missing_camera": (lambda o: _bad(o, **{WRIST: None}), "missing_camera"),
+    "unknown_camera": (lambda o: _bad(o, **{"observation.images.top": o[FRONT]}), "unknown_camera"),
+    "bad_image": (lambda o: _bad(o, **{FRONT: o[FRONT][..., :2]}), "bad_image"),
+    "bad_image_dtype": (lambda o: _bad(o, **{FRONT: o[FRONT].astype(np.float32)}), "bad_image"),
+    "bad_image_list": (lambda o: _bad(o, **{FRONT: o[FRONT].tolist()}), "bad_image"),
+    "nan_state": (lambda o: _bad(o, **{"observation.state": np.array([0.0, np.nan, 1.0], np.float32)}), "bad_state"),
+    "short_state": (lambda o: _bad(o, **{"observation.state": np.zeros(2, np.float32)}), "bad_state"),
+    "state_2d": (lambda o: _bad(o, **{"observation.state": np.zeros((1, 3), np.float32)}), "bad_state"),
+    "missing_task": (lambda o: _bad(o, task=None), "missing_task"),
+    "task_not_str": (lambda o: _bad(o, task=["a", "b"]), "bad_task"),
+    "too_large": (lambda o: _bad(o, **{FRONT: np.zeros((320, 320, 3), np.uint8)}), "too_large"),
+    "not_a_map": (lambda o: [1, 2, 3], "bad_message"),
 }
 
 
@@ -176,27 +177,27 @@ def test_bad_inputs_keep_the_connection(server, policy):
     expected = in_process(policy, good)
     with PolicyClient(server.url) as c:
         c.infer({**good, "observation.state": np.zeros(3, np.float32)})  # this session's state has 3 values
-        for name, make in BAD_INPUTS.items():
+        for name, (make, code) in BAD_INPUTS.items():
             with pytest.raises(ServerError) as e:
                 c.infer(make(good))
-            assert str(e.value).split(":")[0] in {"missing_camera", "unknown_camera", "bad_image", "bad_state",
-                                                  "missing_task", "bad_task", "too_large", "bad_message"}, name
+            assert e.value.code == code, (name, str(e.value))
             assert np.array_equal(c.infer(good)["actions"], expected), name
     # malformed msgpack, a bad array header and text frames, on a raw socket
     with connect(server.url, compression=None, legacy=True) as ws:
         ws.recv()
-        for raw in (b"\xc1\xff", msgpack.packb({"__ndarray__": True, "data": b"x", "dtype": "|O", "shape": [1]}),
-                    "{\"task\": \"x\"}"):
+        for raw, code in ((b"\xc1\xff", "bad_msgpack"),
+                          (msgpack.packb({"__ndarray__": True, "data": b"x", "dtype": "|O", "shape": [1]}), "bad_msgpack"),
+                          ("{\"task\": \"x\"}", "bad_message")):
             ws.send(raw)
             reply = protocol.unpackb(ws.recv())
-            assert reply["code"] in ("bad_msgpack", "bad_message") and reply["error"]
+            assert reply["code"] == code and reply["error"], raw
         ws.send(protocol.packb(good))
         assert np.array_equal(protocol.unpackb(ws.recv())["actions"], expected)
     # above 4x the limit aiohttp drops the connection; the server keeps serving others
     with connect(server.url, compression=None, max_size=None, legacy=True) as ws:
         ws.recv()
         ws.send(b"\0" * (4 * LIMIT + 1))
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
     with PolicyClient(server.url) as c:
         assert np.array_equal(c.infer(good)["actions"], expected)
@@ -243,7 +244,7 @@ def test_concurrent_clients_get_their_own_results(server, policy):
     for i in range(n):
         first, second = replies[i]
         assert np.array_equal(first["actions"], expected[i]) and np.array_equal(second["actions"], expected[i])
-        ens = TemporalEnsembler(2)
+        ens = ChunkExecutor(2)
         ens.add(0, expected[i]), ens.pop(0), ens.add(0, expected[i])
         assert np.allclose(second["action"], ens.pop(0)), i  # each session ensembled only its own chunks
     assert max(r["server_timing"]["batch_size"] for rs in replies for r in rs) > 1  # requests were batched
@@ -291,11 +292,14 @@ def test_remote_policy_matches_in_process(server, tiny_policy_dir):
 def test_cli_parser():
     import argparse
 
-    from vla0.serve.cli import add_parser, run
+    from vla0.cli.serve import ServeCommand, add_parsers, run
+    from vla0.options import build
     parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--policy", "runs/x"])
-    assert (args.host, args.port, args.func, args.no_batching) == ("127.0.0.1", 8000, run, False)
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--policy", "runs/x", "--no-batching", "--max-message-mb", "2"])
+    assert args.func is run
+    cfg = build(ServeConfig, args, max_message_bytes=int(build(ServeCommand, args).max_message_mb * (1 << 20)))
+    assert (cfg.host, cfg.port, cfg.batching, cfg.max_message_bytes) == ("127.0.0.1", 8000, False, 2 << 20)
 
 
 def test_client_waits_for_the_server_and_reconnects(policy):

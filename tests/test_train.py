@@ -22,7 +22,7 @@ def dataset(tmp_path_factory):
 
 
 def config(model, dataset, out, **kw):
-    base = dict(model=str(model), dataset=str(dataset), out=str(out), horizon=2, num_bins=100, lr=3e-3,
+    base = dict(model=str(model), dataset=str(dataset), out=str(out), chunk_size=2, num_bins=100, lr=3e-3,
                 batch_size=6, steps=20, crop_fraction=1.0, mask_max_frac=0.0, ensemble=1, progress=False,
                 save_every=10)
     base.update(kw)
@@ -97,7 +97,7 @@ def test_two_process_run_ends_with_identical_parameters(tiny_model_dir, dataset,
         "import sys, torch\n"
         "from vla0.train.trainer import TrainConfig, Trainer\n"
         f"cfg = TrainConfig(model={str(tiny_model_dir)!r}, dataset={str(dataset)!r}, out={str(tmp_path / 'ddp')!r},"
-        " horizon=2, num_bins=100, lr=1e-3, batch_size=3, steps=4, progress=False, save_every=100)\n"
+        " chunk_size=2, num_bins=100, lr=1e-3, batch_size=3, steps=4, progress=False, save_every=100)\n"
         "t = Trainer(cfg); t.train()\n"
         "flat = torch.cat([p.detach().flatten() for p in t.acc.unwrap_model(t.model).parameters()])\n"
         "torch.save(flat, sys.argv[1] + f'/params-{t.acc.process_index}-of-{t.acc.num_processes}.pt')\n")

@@ -17,7 +17,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
-from vla0.ensemble import TemporalEnsembler
+from vla0.policy.executor import ChunkExecutor
 from vla0.serve.protocol import packb, unpackb
 
 log = logging.getLogger("vla0.client")
@@ -114,20 +114,12 @@ class PolicyClient:
         return reply
 
 
-def _row(obs: dict, i: int, keys) -> dict:
-    out = {}
-    for k in keys:
-        v = obs[k]
-        out[k] = v if isinstance(v, str) else (v[i] if isinstance(v, (list, tuple)) else np.asarray(v)[i])
-    return out
-
-
 class RemotePolicy:
     """The evaluation Policy protocol, served remotely: one WebSocket session per environment id,
-    rows sent concurrently so the server batches them. Chunks are executed here exactly as
-    VLA0Policy.select_action executes them in process (the server's metadata gives
-    action_horizon, ensemble and the action bounds): a new chunk every `action_horizon` steps,
-    temporal ensembling over the chunks the server returned. malformed_outputs stays 0: the
+    rows sent concurrently so the server batches them. Chunks are executed here by the same
+    ChunkExecutor VLA0Policy uses in process (the server's metadata gives n_action_steps,
+    ensemble and the action bounds): a new chunk every `n_action_steps` steps, temporal
+    ensembling over the chunks the server returned. malformed_outputs stays 0: the
     server does not report it per request."""
     needs_images = True
 
@@ -139,10 +131,11 @@ class RemotePolicy:
         self.metadata = self._client(-1).metadata  # fail early on a wrong url or key
         self._clients.pop(-1).close()
         meta = self.metadata
-        self.ensembler = TemporalEnsembler(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
-                                           int(meta.get("action_horizon", 1)))
         bounds = meta.get("action_bounds") or {}
-        self.bounds = (np.asarray(bounds.get("min", -np.inf), np.float32), np.asarray(bounds.get("max", np.inf), np.float32))
+        self.executor = ChunkExecutor(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
+                                      int(meta.get("n_action_steps", 1)),
+                                      (np.asarray(bounds.get("min", -np.inf), np.float32),
+                                       np.asarray(bounds.get("max", np.inf), np.float32)))
 
     def _client(self, env_id: int) -> PolicyClient:
         if env_id not in self._clients:
@@ -151,24 +144,23 @@ class RemotePolicy:
 
     def reset(self, env_ids: list[int] | None = None) -> None:
         ids = list(self._clients) if env_ids is None else [int(i) for i in env_ids]
-        self.ensembler.reset(None if env_ids is None else ids)
+        self.executor.reset(None if env_ids is None else ids)
         list(self._pool.map(lambda i: self._clients[i].reset(), [i for i in ids if i in self._clients]))
 
     def needs_observation(self, env_ids: list[int]) -> list[bool]:
-        return [self.ensembler.needs_chunk(int(e)) for e in env_ids]
+        return [self.executor.needs_chunk(int(e)) for e in env_ids]
 
     def select_action(self, obs: dict, env_ids: list[int]) -> np.ndarray:
         """obs batched (one row per env) -> (B, D) float32."""
-        env_ids = [int(i) for i in env_ids]
-        stale = [j for j, due in enumerate(self.needs_observation(env_ids)) if due]
-        if stale:
-            keys = [k for k in (*self.metadata["image_keys"], "observation.state", "task") if k in obs]
-            clients = [self._client(env_ids[j]) for j in stale]  # connect sequentially, infer concurrently
-            rows = [_row(obs, j, keys) for j in stale]
-            chunks = self._pool.map(lambda cr: cr[0].infer(cr[1])["actions"], zip(clients, rows))
-            for j, chunk in zip(stale, chunks):
-                self.ensembler.add(env_ids[j], np.asarray(chunk, np.float32))
-        return np.clip(np.stack([self.ensembler.pop(e) for e in env_ids]), *self.bounds).astype(np.float32)
+        return self.executor.select_action(obs, env_ids, self._predict).astype(np.float32)
+
+    def _predict(self, obs: dict, env_ids: list[int]) -> list[np.ndarray]:
+        """One chunk per row, each row from its env's own session (requests sent concurrently)."""
+        keys = [k for k in (*self.metadata["image_keys"], "observation.state", "task") if k in obs]
+        clients = [self._client(e) for e in env_ids]  # connect sequentially, infer concurrently
+        rows = [{k: obs[k] if isinstance(obs[k], str) else obs[k][j] for k in keys} for j in range(len(env_ids))]
+        return [np.asarray(c, np.float32) for c in self._pool.map(lambda cr: cr[0].infer(cr[1])["actions"],
+                                                                   zip(clients, rows))]
 
     def close(self) -> None:
         for c in self._clients.values():

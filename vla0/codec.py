@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vla0.config import NORMALIZATIONS
+
 _NUMBER = re.compile(r"\d+")
 
 
@@ -27,7 +29,7 @@ class DecodedChunk:
 class ActionCodec:
     low: np.ndarray  # (D,) action value that maps to bin 0
     high: np.ndarray  # (D,) action value that maps to bin B
-    horizon: int
+    chunk_size: int  # H
     num_bins: int = 1000
 
     def __post_init__(self):
@@ -37,21 +39,20 @@ class ActionCodec:
             raise ValueError(f"codec bounds differ in length: low {self.low.shape} vs high {self.high.shape}")
         if np.any(self.high < self.low):
             raise ValueError(f"codec bounds inverted: high {self.high} < low {self.low}")
-        if self.horizon < 1 or self.num_bins < 1:
-            raise ValueError(f"horizon and num_bins must be >= 1, got {self.horizon}, {self.num_bins}")
+        if self.chunk_size < 1 or self.num_bins < 1:
+            raise ValueError(f"chunk_size and num_bins must be >= 1, got {self.chunk_size}, {self.num_bins}")
         # A constant dimension has zero range: any positive span maps it to bin 0 and back exactly.
         self._span = np.where(self.high > self.low, self.high - self.low, 1.0)
 
     @classmethod
-    def from_stats(cls, stats: dict, horizon: int, num_bins: int = 1000, normalization: str = "minmax") -> "ActionCodec":
-        keys = {"minmax": ("min", "max"), "quantile": ("q01", "q99")}
-        if normalization not in keys:
-            raise ValueError(f"normalization must be one of {list(keys)}, got {normalization!r}")
-        lo, hi = keys[normalization]
+    def from_stats(cls, stats: dict, chunk_size: int, num_bins: int = 1000, normalization: str = "minmax") -> "ActionCodec":
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
+        lo, hi = NORMALIZATIONS[normalization]
         missing = [k for k in (lo, hi) if k not in stats]
         if missing:
             raise ValueError(f"action statistics lack {missing} (needed for {normalization!r} normalization)")
-        return cls(np.asarray(stats[lo]), np.asarray(stats[hi]), horizon, num_bins)
+        return cls(np.asarray(stats[lo]), np.asarray(stats[hi]), chunk_size, num_bins)
 
     @property
     def action_dim(self) -> int:
@@ -59,7 +60,7 @@ class ActionCodec:
 
     @property
     def num_values(self) -> int:
-        return self.horizon * self.action_dim
+        return self.chunk_size * self.action_dim
 
     def to_bins(self, actions: np.ndarray) -> np.ndarray:
         unit = (np.asarray(actions, dtype=np.float64) - self.low) / self._span
@@ -71,8 +72,8 @@ class ActionCodec:
 
     def encode(self, actions: np.ndarray) -> str:
         actions = np.asarray(actions)
-        if actions.shape != (self.horizon, self.action_dim):
-            raise ValueError(f"action chunk has shape {actions.shape}, codec expects {(self.horizon, self.action_dim)}")
+        if actions.shape != (self.chunk_size, self.action_dim):
+            raise ValueError(f"action chunk has shape {actions.shape}, codec expects {(self.chunk_size, self.action_dim)}")
         return " ".join(str(b) for b in self.to_bins(actions).reshape(-1))
 
     def is_well_formed(self, text: str) -> bool:
@@ -91,6 +92,6 @@ class ActionCodec:
             rows = [step]
         else:
             rows = [values[i * D:(i + 1) * D] for i in range(complete)]
-        rows += [rows[-1]] * (self.horizon - len(rows))
+        rows += [rows[-1]] * (self.chunk_size - len(rows))
         bins = np.asarray(rows, dtype=np.int64)
         return DecodedChunk(self.from_bins(bins), bins, well_formed)

@@ -27,8 +27,8 @@ SYSTEM_PROMPT = (
 )
 
 
-def system_prompt(horizon: int, action_dim: int, num_bins: int) -> str:
-    return SYSTEM_PROMPT.format(H=horizon, D=action_dim, N=horizon * action_dim, B=num_bins)
+def system_prompt(chunk_size: int, action_dim: int, num_bins: int) -> str:
+    return SYSTEM_PROMPT.format(H=chunk_size, D=action_dim, N=chunk_size * action_dim, B=num_bins)
 
 
 @dataclass
@@ -54,7 +54,7 @@ class PromptEncoder:
             raise ValueError(f"mask_char {config.mask_char!r} must be a single token, got {mask_ids}")
         self.mask_id = mask_ids[0]
         self.merge = image_processor.merge_size
-        self._system = system_prompt(config.horizon, config.action_dim, config.num_bins)
+        self._system = system_prompt(config.chunk_size, config.action_dim, config.num_bins)
         self._templates: dict[tuple[str, int], list[int]] = {}
 
     # -- images -------------------------------------------------------------------------------

@@ -1,21 +1,18 @@
 """Evaluation outputs: results.json, text tables, bar plots, rollout videos."""
-import json
-import math
-import os
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binomtest
+
+from vla0.io import write_file_atomic
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial rate; sane at 0/n and n/n, unlike the normal one."""
     if n <= 0:
         return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def paired_comparison(before: list[dict], after: list[dict]) -> dict:
@@ -30,18 +27,8 @@ def paired_comparison(before: list[dict], after: list[dict]) -> dict:
         raise ValueError("paired_comparison: the two evaluations must cover the same (task, seed) episodes")
     gained = sum(1 for b, x in pairs if x and not b)
     lost = sum(1 for b, x in pairs if b and not x)
-    n = gained + lost
-    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n if n else 1.0
-    return {"pairs": len(pairs), "gained": gained, "lost": lost, "p_value": min(1.0, 2 * tail)}
-
-
-def write_json_atomic(obj, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-    return path
+    p = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
+    return {"pairs": len(pairs), "gained": gained, "lost": lost, "p_value": float(p)}
 
 
 def format_table(results: dict) -> str:
@@ -107,13 +94,9 @@ def plot_compare(results: dict[str, dict], path: Path, title: str = "success rat
     if len(labels) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def plot_results(results: dict, path: Path) -> Path:
@@ -131,9 +114,4 @@ def save_rollout_video(frames: list[dict[str, np.ndarray]], path: Path, fps: int
     if tiled.shape[1] < 128:  # tiny frames are unwatchable; nearest-neighbour upscale
         s = int(np.ceil(128 / tiled.shape[1]))
         tiled = tiled.repeat(s, axis=1).repeat(s, axis=2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    encode_video(tmp, tiled, fps, preview=True)
-    os.replace(tmp, path)
-    return path
+    return write_file_atomic(path, lambda tmp: encode_video(tmp, tiled, fps, preview=True))

@@ -8,14 +8,13 @@ load_vlm() reads exactly like Qwen/Qwen2.5-VL-3B-Instruct.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vla0.io import save_folder_atomic
 from vla0.model.tokenizer import build_tokenizer
 from vla0.model.vlm import VLM
 
@@ -45,12 +44,4 @@ def build_model(preset: str = "tiny", seed: int = 0, overrides: dict | None = No
 
 
 def init_model(preset: str, out: Path, seed: int = 0) -> Path:
-    vlm = build_model(preset, seed)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    vlm.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    return save_folder_atomic(out, build_model(preset, seed).save_pretrained)

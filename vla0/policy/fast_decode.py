@@ -1,5 +1,5 @@
 """Fast exact decoding of VLA-0 action text: the same tokens as greedy `generate` under the
-digit grammar (vla0.policy.grammar), in far fewer model forward passes.
+action grammar (vla0.grammar), in far fewer model forward passes.
 
 Techniques, each switchable (bench/decode.py measures them one by one):
 
@@ -14,9 +14,8 @@ Techniques, each switchable (bench/decode.py measures them one by one):
   model's greedy grammar-constrained choices is accepted, plus the model's own next token.
   Drafts are built per *number*, so after a mismatch they re-align at the next number:
     - the caller's draft: the previous chunk shifted by the executed steps
-      (`draft_from_bins(prev_bins)` = prev[1:] flattened), or several alternatives
-      (`draft_candidates(prev_bins)`: shifted by 1, 0 and 2 steps) of which the one that
-      matches the numbers written so far is followed;
+      (`draft_candidates(prev_bins, shift)`: shifted by the executed steps, and by one step
+      less and more), of which the one that matches the numbers written so far is followed;
     - prompt lookup: number m guessed as number m-D (the same dimension one step earlier),
       for the last step and when there is no previous chunk;
     - re-drafting (Jacobi style): past a rejected token, the model's own choices from that pass
@@ -34,21 +33,18 @@ Exactness: greedy choices equal `generate`'s up to floating-point rounding (a di
 layout and kernel shapes change logits in the last bits, so an exact tie between two digits can
 break differently; trained models are never that close). The generation config's
 repetition_penalty, which `generate` applies, is applied the same way here. Greedy only:
-sampling stays with `generate`.
+sampling and scoring are vla0.policy.decoder's. Files: drafts.py (draft building),
+kv_cache.py (the cache and the forward passes).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import torch
 
-from vla0.policy.drafts import draft_candidates, draft_from_bins, is_nested
-from vla0.policy.grammar import ActionGrammar, GrammarStateMachine
-from vla0.policy.kv_cache import KVCache, first_update
-
-_FINISHED = (-1, "", True)
+from vla0.grammar import START, ActionGrammar
+from vla0.policy.drafts import Drafter
+from vla0.policy.kv_cache import CachedForward, KVCache
 
 
 class _Row:
@@ -57,7 +53,7 @@ class _Row:
     def __init__(self, draft, seen, window):
         self.tokens: list[int] = []  # committed generated tokens
         self.numbers: list[int] = []  # completed numbers
-        self.state = (0, "", False)
+        self.state = START
         self.pending: list[int] = []  # committed tokens whose KV is not cached yet
         self.pos = 0  # rope position of the first pending token
         self.draft = draft  # alternative lists of guessed numbers, or None
@@ -67,14 +63,14 @@ class _Row:
         self.refined: dict[int, int] = {}  # number index -> the model's own guess from the last pass
 
 
-class FastDecoder:
+class FastDecoder(Drafter, CachedForward):
     """Exact, batched, speculative decoder for VLA-0 action text.
 
-        decoder = FastDecoder(vlm.model, vlm.tokenizer, grammar, encoder)
-        texts = decoder.decode(prompts, drafts)  # as VLA0Policy.generate_text(prompts)
+        decoder = FastDecoder(model, processor.grammar, config.action_dim, pad_id)
+        tokens = decoder.decode_ids(prompts, drafts)  # as greedy `generate` under the grammar
 
-    prompts: PromptEncoder.prompt(...) results. drafts[i]: None, a flat list of guessed numbers
-    (draft_from_bins(prev_bins)), or a list of alternatives (draft_candidates(prev_bins)).
+    prompts: ActionProcessor.prompt(...) results. drafts[i]: None, a flat list of guessed
+    numbers, or a list of alternatives (draft_candidates(prev_bins, shift)).
     Options: prefix_cache, forced, speculative (drafting at all), lookup (number m-D drafts),
     refine (re-drafting from the model's choices), relaxed_k (inexact; 0 = off), max_draft /
     first_draft (draft tokens per row per pass, in later passes / in the first one),
@@ -86,16 +82,16 @@ class FastDecoder:
     STAT_KEYS = ("chunks", "forward_passes", "prefix_passes", "tokens", "forced_tokens",
                  "model_tokens", "draft_tokens", "accepted_tokens", "row_passes")
 
-    def __init__(self, model, tokenizer, grammar: ActionGrammar, encoder=None, *, prefix_cache: bool = True,
-                 forced: bool = True, speculative: bool = True, lookup: bool = True, relaxed_k: int = 0,
-                 refine: bool = True, max_draft: int = 64, first_draft: int = 256, min_draft: int = 8,
-                 alt_draft: int = 32, adaptive: bool = False, batch_draft_tokens: int | None = 256,
-                 action_dim: int | None = None,
-                 repetition_penalty: float | None = None, max_prefixes: int = 8):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.grammar = grammar
-        self.fsm = GrammarStateMachine(grammar)
+    def __init__(self, model, grammar: ActionGrammar, action_dim: int, pad_id: int = 0, *,
+                 prefix_cache: bool = True, forced: bool = True, speculative: bool = True, lookup: bool = True,
+                 relaxed_k: int = 0, refine: bool = True, max_draft: int = 64, first_draft: int = 256,
+                 min_draft: int = 8, alt_draft: int = 32, adaptive: bool = False,
+                 batch_draft_tokens: int | None = 256, repetition_penalty: float | None = None,
+                 max_prefixes: int = 8):
+        self.model = model  # a Qwen2_5_VLForConditionalGeneration (not a PEFT wrapper)
+        self.fsm = grammar
+        self.D = action_dim  # numbers per step: prompt lookup guesses number m as number m - D
+        self.pad_id = pad_id
         self.prefix_cache = prefix_cache
         self.forced = forced
         self.speculative = speculative
@@ -109,22 +105,13 @@ class FastDecoder:
         self.batch_draft_tokens = batch_draft_tokens
         self.alt_draft = alt_draft
         self.pack_min = 32  # masked cache columns tolerated before packing (tests set 0)
-        lm = model.model.language_model
-        self._direct = all(hasattr(lm, a) for a in ("layers", "rotary_emb", "norm", "embed_tokens")) and \
-            all(t in ("full_attention", "sliding_attention") for t in getattr(lm.config, "layer_types", ["?"]))
-        if action_dim is None and encoder is not None:
-            action_dim = encoder.config.action_dim
-        self.D = action_dim or 0
         if repetition_penalty is None:
             repetition_penalty = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
         self.repetition_penalty = float(repetition_penalty or 1.0)
-        self.image_token_id = model.config.image_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_prefixes = max_prefixes
-        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.stats = dict.fromkeys(self.STAT_KEYS, 0)
         self.last_stats = dict.fromkeys(self.STAT_KEYS, 0)
-        self._head_cache = None
+        self._init_forward()
 
     # -- public API ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -132,19 +119,6 @@ class FastDecoder:
         self._prefixes.clear()
         self._head_cache = None
         self.stats = dict.fromkeys(self.STAT_KEYS, 0)
-
-    @staticmethod
-    def draft_from_bins(prev_bins, shift: int = 1) -> list[int]:
-        return draft_from_bins(prev_bins, shift)
-
-    @staticmethod
-    def draft_candidates(prev_bins, shift: int = 1) -> list[list[int]]:
-        return draft_candidates(prev_bins, shift)
-
-    def decode(self, prompts, drafts=None) -> list[str]:
-        """Action text per prompt (Encoded from PromptEncoder.prompt), as `generate_text` returns it."""
-        ids = self.decode_ids(prompts, drafts)
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     @torch.no_grad()
     def decode_ids(self, prompts, drafts=None) -> list[list[int]]:
@@ -293,116 +267,10 @@ class FastDecoder:
         return [r.tokens for r in rows]
 
     # -- internals ----------------------------------------------------------------------------
-    def _head(self):
-        if self._head_cache is None:
-            head = self.model.lm_head
-            ids = torch.tensor(self.fsm.ids, device=head.weight.device)
-            w = head.weight.detach()[ids].contiguous()
-            b = None if head.bias is None else head.bias.detach()[ids].contiguous()
-            self._head_cache = (w, b)
-        return self._head_cache
-
-    def _head_dim(self) -> int:
-        cfg = self.model.model.language_model.config
-        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-    def _rope_positions(self, p, device) -> torch.Tensor:
-        ids = torch.tensor([p.input_ids], device=device)
-        types = torch.tensor([p.mm_token_type_ids], device=device)
-        pos, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=types,
-                                                 image_grid_thw=p.image_grid_thw.to(device))
-        return pos[:, 0]
-
-    def _prefix(self, prompts, call):
-        """Length and KV (batch 1) of the shared text before the first image, cached."""
-        if not self.prefix_cache:
-            return 0, None
-        first = prompts[0].input_ids
-        limit = min(len(p.input_ids) for p in prompts)
-        for p in prompts:
-            types = p.mm_token_type_ids
-            limit = min(limit, types.index(1) if 1 in types else len(types) - 1)
-        n = 0
-        while n < limit and all(p.input_ids[n] == first[n] for p in prompts):
-            n += 1
-        n = min(n, limit)
-        if n == 0:
-            return 0, None
-        key = tuple(first[:n])
-        kv = self._prefixes.get(key)
-        if kv is None:
-            lm = self.model.model.language_model
-            device = lm.embed_tokens.weight.device
-            cache = KVCache([(None, None)] * lm.config.num_hidden_layers)
-            cache.update = first_update(cache)
-            embeds = lm.embed_tokens(torch.tensor([key], device=device))
-            pos = torch.arange(n, device=device).view(1, 1, -1).expand(3, 1, -1)
-            mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
-            lm(inputs_embeds=embeds, position_ids=pos, attention_mask=self._mask_dict(lm, mask, embeds.dtype),
-               past_key_values=cache, use_cache=True)
-            kv = [(k, v) for k, v in cache.layers]
-            self._prefixes[key] = kv
-            while len(self._prefixes) > self.max_prefixes:
-                self._prefixes.popitem(last=False)
-            call["prefix_passes"] += 1
-        else:
-            self._prefixes.move_to_end(key)
-        return n, kv
-
-    def _mask_dict(self, lm, mask: torch.Tensor, dtype) -> dict:
-        if lm.config._attn_implementation == "eager":
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        return {"full_attention": mask, "sliding_attention": mask}
-
-    def _forward(self, lm, feeds, positions, segments, cache: KVCache, valid, images, device):
-        """One forward pass over per-row token lists (padded to the longest) with their rope
-        positions (3, len) and segment ids (0 context, b > 0 draft branch b)."""
-        B = len(feeds)
-        L = max(len(f) for f in feeds)
-        ids = np.full((B, L), self.pad_id, np.int64)
-        seg = np.full((B, L), -1, np.int64)
-        pos = np.zeros((3, B, L), np.int64)
-        for j, (f, p) in enumerate(zip(feeds, positions)):
-            n = len(f)
-            ids[j, :n] = f
-            seg[j, :n] = segments[j]
-            pos[:, j, :n] = p
-            if n < L:  # padding continues the row's positions (its outputs are ignored)
-                pos[:, j, n:] = (p[:, -1:] if n else 0) + np.arange(1, L - n + 1)
-        ids = torch.from_numpy(ids).to(device)
-        pos = torch.from_numpy(pos).to(device)
-        embeds = lm.embed_tokens(ids)
-        if images is not None:
-            pixel_values, grid = images
-            feats = self.model.model.get_image_features(pixel_values.to(embeds.dtype), grid, return_dict=True)
-            feats = torch.cat(list(feats.pooler_output), dim=0).to(embeds.dtype)
-            image_mask = (ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(image_mask, feats)
-        T = valid.shape[1]
-        causal = np.tri(L, dtype=bool)
-        if seg.max() <= 1:  # context + at most one branch: plain causal
-            block = torch.from_numpy(causal)[None, None].expand(B, 1, L, L)
-        else:  # a token sees the context (segment 0) and its own branch; padding (-1) sees the context
-            same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-            block = torch.from_numpy(causal[None] & same)[:, None]
-        mask = torch.cat([valid[:, None, None, :].expand(B, 1, L, T), block.to(device)], dim=-1)
-        masks = self._mask_dict(lm, mask, embeds.dtype)
-        if not self._direct:
-            out = lm(inputs_embeds=embeds, position_ids=pos, attention_mask=masks, past_key_values=cache,
-                     use_cache=True)
-            return out.last_hidden_state
-        # the text model's own loop, without its wrapper (the same computation, less overhead)
-        hidden = embeds
-        rope = lm.rotary_emb(hidden, pos)
-        for i, layer in enumerate(lm.layers):
-            mask_i = masks[lm.config.layer_types[i]]
-            hidden = layer(hidden, attention_mask=mask_i, position_embeddings=rope, past_key_values=cache, use_cache=True)
-        return lm.norm(hidden)
-
     def _commit(self, row: _Row, tok: int, cached: bool) -> None:
         state = row.state
         row.tokens.append(tok)
-        if tok == self.fsm.space or tok == self.fsm.end:
+        if tok == self.fsm.space_id or tok == self.fsm.end_id:
             if not state[2] and state[1]:
                 row.numbers.append(int(state[1]))
         row.state = self.fsm.advance(state, tok)
@@ -481,161 +349,3 @@ class FastDecoder:
             rest += 1
         return abs(dig[t] - dig[choice]) * 10 ** rest <= self.relaxed_k
 
-    def _refine(self, row: _Row, states, choices, rejected: int) -> None:
-        """Jacobi-style re-drafting: past the first rejected token, the model's choices (made
-        given the draft, so only approximately its real ones) replace the drafted digits, number
-        by number. Independent mismatches (a last digit here and there) are then all fixed in
-        the next pass instead of one per pass. Only the draft changes: exactness is untouched."""
-        fsm = self.fsm
-        numbers: dict[int, list] = {}  # number -> [drafted digits, {digit place: choice}]
-        for j, (done, cur, _) in enumerate(states):
-            entry = numbers.get(done)
-            if entry is None:
-                entry = numbers[done] = ["", {}]
-            if j > rejected:
-                entry[1][len(cur)] = choices[j]
-            if j + 1 < len(states) and states[j + 1][0] == done:
-                entry[0] = states[j + 1][1]
-        current = row.state[0]
-        for n, (drafted, picked) in numbers.items():
-            if not picked or n < current:
-                continue
-            if any((c in fsm.digit_of) != (k < len(drafted)) for k, c in picked.items()):
-                # the model did not keep the drafted shape: past the next step's worth of
-                # numbers its choices are misaligned noise, and the old guess is contradicted
-                if n > current + max(1, self.D):
-                    row.refined.pop(n, None)
-                    continue
-            # the model's digit where it chose one, else the drafted one; a separator chosen
-            # inside the number ends it, a digit chosen after it lengthens it
-            out = ""
-            for k in range(len(drafted) + 1):
-                c = picked.get(k)
-                if c is None:
-                    if k == len(drafted):
-                        break
-                    out += drafted[k]
-                elif c in fsm.digit_of:
-                    out += str(fsm.digit_of[c])
-                    if k == len(drafted):
-                        break
-                else:
-                    break
-            if out and (out[0] != "0" or out == "0"):
-                row.refined[n] = min(int(out), fsm.B)
-
-    def _candidates(self, draft):
-        """None, one flat list of numbers, or several (alternatives, the first preferred)."""
-        if draft is None:
-            return None
-        arr = [np.asarray(c).reshape(-1) for c in draft] if is_nested(draft) else [np.asarray(draft).reshape(-1)]
-        out = [[min(max(int(v), 0), self.fsm.B) for v in c] for c in arr if len(c)]
-        return out or None
-
-    def _pick_candidate(self, row: _Row):
-        """The draft candidate that best predicted the numbers written so far, and whether it
-        predicted the most recent ones exactly (then it is trusted over re-drafted guesses)."""
-        cands = row.draft
-        if not cands:
-            return None, False
-        done = len(row.numbers)
-        if done == 0:
-            return cands[0], True
-        if len(cands) == 1:
-            c = cands[0]
-            need = min(done, max(1, self.D))
-            return c, len(c) >= done and c[done - need:done] == row.numbers[done - need:]
-        lo = max(0, done - 2 * max(1, self.D))
-        recent = row.numbers[lo:done]
-        best, best_key = cands[0], None
-        for c in cands:
-            part = c[lo:done]
-            exact = sum(a == b for a, b in zip(part, recent))
-            key = (-exact, sum(abs(a - b) for a, b in zip(part, recent)) + 10**6 * (len(recent) - len(part)))
-            if best_key is None or key < best_key:
-                best, best_key = c, key
-        need = min(done, max(1, self.D))
-        trusted = len(best) >= done and best[done - need:done] == row.numbers[done - need:]
-        return best, trusted
-
-    def _budget(self, rows: int, first: bool = False) -> int:
-        """Draft tokens per row in a pass: batch_draft_tokens shared by the rows (at least
-        min_draft each); the first pass, which also carries the prompts, gets 4x."""
-        if not self.batch_draft_tokens:
-            return 1 << 30
-        return max(self.min_draft, (4 if first else 1) * self.batch_draft_tokens // max(1, rows))
-
-    def _branches(self, row: _Row, budget: int) -> list[list[int]]:
-        """Draft branches verified side by side: the main draft, plus the caller's other
-        alternatives that agree with all numbers written so far (shorter)."""
-        main = self._draft_tokens(row, budget)
-        out = [main]  # possibly empty: then only the next token is decided
-        cands = row.draft
-        if not self.speculative or not cands or len(cands) < 2 or self.alt_draft <= 0:
-            return out
-        chosen, _ = self._pick_candidate(row)
-        done = len(row.numbers)
-        for c in cands:  # alternatives that agree with every number written so far
-            if c is chosen or len(c) <= done or c[:done] != row.numbers:
-                continue
-            alt = self._draft_tokens(row, min(budget, self.alt_draft), candidate=c)
-            if alt and main[:len(alt)] != alt:
-                out.append(alt)
-        return out
-
-    def _draft_tokens(self, row: _Row, budget: int = 1 << 30, candidate=None) -> list[int]:
-        """Tokens guessed for what follows the row's committed text, number by number."""
-        if not self.speculative or row.state[2]:
-            return []
-        done, cur, _ = row.state
-        N, D = self.fsm.N, self.D
-        numbers = row.numbers
-        if candidate is None:
-            draft, trusted = self._pick_candidate(row)
-        else:  # an alternative, taken as it is
-            draft, trusted = candidate, True
-        memo: dict[int, int | None] = {}
-
-        def value(m: int):
-            if m < done:
-                return numbers[m]
-            if m in memo:
-                return memo[m]
-            v = None
-            if draft is not None and m < len(draft) and trusted:
-                v = draft[m]
-            if v is None:
-                v = row.refined.get(m)
-            if v is None and draft is not None and m < len(draft):
-                v = draft[m]
-            if v is None and self.lookup and D and m >= D:
-                v = value(m - D)
-            memo[m] = v
-            return v
-
-        v = value(done)
-        if v is None:
-            return []
-        digits = self.fsm.digit_ids
-        s = str(v)
-        if cur and not s.startswith(cur):
-            # the number being written already left the guess: take the first other guess that
-            # agrees with its digits (re-drafted, any alternative, the same dimension a step back)
-            others = [row.refined.get(done)] + [c[done] for c in row.draft or [] if done < len(c)]
-            if D and done >= D:
-                others.append(value(done - D))
-            s = next((str(o) for o in others if o is not None and str(o).startswith(cur)), s)
-        toks = [digits[int(c)] for c in s[len(cur):]] if len(s) > len(cur) else []
-        m = done
-        limit = min(row.window, budget)
-        while len(toks) < limit:
-            if m + 1 >= N:
-                toks.append(self.fsm.end)
-                break
-            toks.append(self.fsm.space)
-            m += 1
-            v = value(m)
-            if v is None:
-                break
-            toks.extend(digits[int(c)] for c in str(v))
-        return toks[:limit]

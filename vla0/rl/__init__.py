@@ -7,7 +7,6 @@ new weights), RLTrainer (the loop behind `vla0 rl`). Imports are lazy: `import v
 from __future__ import annotations
 
 _EXPORTS = {
-    "GrammarSampler": "vla0.rl.sampler",
     "group_advantages": "vla0.rl.grpo",
     "dynamic_sampling": "vla0.rl.grpo",
     "clipped_surrogate": "vla0.rl.grpo",

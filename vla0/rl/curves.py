@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vla0.io import write_file_atomic
+
 
 def plot_rl_curve(log: Path, png: Path) -> None:
     import matplotlib
@@ -52,5 +54,5 @@ def plot_rl_curve(log: Path, png: Path) -> None:
     ax.legend()
     fig.suptitle("vla0 rl (GRPO)")
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    write_file_atomic(png, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)

@@ -1,8 +1,8 @@
 """Learner role: trajectories + advantages in, new weights out.
 
 It rebuilds each policy call's prompt from the stored frames, recomputes the log-probs of the
-sampled action tokens under the current weights (teacher forcing, same temperature and grammar
-mask as the rollout: vla0.rl.sampler), and takes clipped-surrogate steps (vla0.rl.grpo). No KL
+sampled action tokens under the current weights (ActionDecoder.score: teacher forcing, same
+temperature and grammar mask as the rollout), and takes clipped-surrogate steps (vla0.rl.grpo). No KL
 term, no reference model. The loop that feeds it is vla0.rl.trainer.
 """
 
@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vla0.config import PolicyConfig
-from vla0.policy.grammar import ActionGrammar
-from vla0.prompt import PromptEncoder
+from vla0.grammar import START, ActionGrammar
+from vla0.policy.decoder import ActionDecoder
+from vla0.processor import ActionProcessor
 from vla0.rl.grpo import clipped_surrogate, trajectory_token_weights
 from vla0.rl.rollout import Step, Trajectory
-from vla0.rl.sampler import GrammarSampler
 
 LOSS_AGGREGATIONS = ("token-mean", "trajectory-mean")
 
@@ -26,11 +25,10 @@ LOSS_AGGREGATIONS = ("token-mean", "trajectory-mean")
 def executed_token_mask(tokens: list[int], grammar: ActionGrammar, numbers: int) -> list[bool]:
     """True for the tokens that write the first `numbers` numbers (their digits and the space
     after each); False for later numbers and the closing <|im_end|>."""
-    out, done = [], 0
+    out, state = [], START
     for t in tokens:
-        out.append(done < numbers and t != grammar.end_id)
-        if t == grammar.space_id:
-            done += 1
+        out.append(state[0] < numbers and t != grammar.end_id)
+        state = grammar.advance(state, t)
     return out
 
 
@@ -47,19 +45,17 @@ class _Item:
 class Learner:
     """Owns the trainable model and its optimizer; `update` is one GRPO step on a batch."""
 
-    def __init__(self, model, tokenizer, image_processor, config: PolicyConfig, *, lr: float = 5e-6,
+    def __init__(self, model, processor: ActionProcessor, *, lr: float = 5e-6,
                  betas=(0.9, 0.999), weight_decay: float = 0.0, clip_low: float = 0.2, clip_high: float = 0.28,
                  temperature: float = 1.6, epochs: int = 1, minibatches: int = 1, micro_batch: int = 16,
                  max_grad_norm: float = 1.0, loss_numbers: int | None = None, loss_agg: str = "token-mean",
                  warmup_steps: int = 0, seed: int = 0, device: str | torch.device = "cpu"):
         self.model = model
-        self.tokenizer = tokenizer
-        self.config = config
+        self.config = processor.config
         self.device = torch.device(device)
-        self.encoder = PromptEncoder(tokenizer, image_processor, config)
-        grammar = ActionGrammar(tokenizer, config.horizon * config.action_dim, config.num_bins)
-        self.grammar = grammar
-        self.sampler = GrammarSampler(model, tokenizer, grammar)
+        self.processor = processor
+        self.grammar = self.processor.grammar
+        self.decoder = ActionDecoder(model, self.processor, fast=False)
         self.clip_low, self.clip_high = clip_low, clip_high
         self.temperature = temperature
         self.epochs, self.minibatches, self.micro_batch = epochs, minibatches, micro_batch
@@ -150,8 +146,8 @@ class Learner:
         return stats
 
     def _micro_step(self, micro: list[_Item], n_loss: int) -> dict:
-        prompts = [self.encoder.prompt(it.step.frames, it.step.instruction) for it in micro]
-        scored = self.sampler.score(prompts, [it.step.tokens for it in micro], self.temperature)
+        prompts = [self.processor.prompt(it.step.frames, it.step.instruction) for it in micro]
+        scored = self.decoder.score(prompts, [it.step.tokens for it in micro], self.temperature)
         dev, dtype = scored.logprobs.device, scored.logprobs.dtype
         old = torch.tensor([lp for it in micro for lp in it.step.logprobs], device=dev, dtype=dtype)
         adv = torch.tensor([it.advantage for it in micro for _ in it.step.tokens], device=dev, dtype=dtype)

@@ -10,21 +10,26 @@ OUT/policy, a policy folder like the supervised trainer's.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vla0.config import PolicyConfig
+from vla0.envs.base import get_env
+from vla0.io import save_folder_atomic, write_text_atomic
+from vla0.options import option
+from vla0.processor import ActionProcessor
 from vla0.rl.curves import plot_rl_curve
 from vla0.rl.grpo import dynamic_sampling, group_advantages
 from vla0.rl.learner import LOSS_AGGREGATIONS, Learner
-from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory, env_render_settings
-from vla0.train.checkpoint import TRAINER_STATE, checkpoint_name, latest_checkpoint, mark_latest, save_atomic
+from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory
+from vla0.train.checkpoint import TRAINER_STATE, latest_checkpoint, save_checkpoint
 
 LOG_FILE = "rl_log.jsonl"
 CONFIG_FILE = "rl_config.json"
@@ -32,64 +37,72 @@ CONFIG_FILE = "rl_config.json"
 
 @dataclass
 class RLConfig:
-    policy: str  # supervised policy or run folder to start from
-    tasks: list[str]
-    out: str
-    env: str = "metaworld"
-    # GRPO (SimpleVLA-RL defaults)
-    group_size: int = 8  # rollouts per group (same task, same seed)
-    groups_per_batch: int = 64  # informative groups per update
-    max_groups_factor: float = 4.0  # dynamic sampling gives up after trying this many x groups_per_batch
-    temperature: float = 1.6
-    lr: float = 5e-6
-    warmup_steps: int = 0  # optimizer steps of linear lr warm-up (0: the recipe's constant lr)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    epochs: int = 1  # passes over each batch
-    minibatches: int = 1  # optimizer steps per pass
-    micro_batch: int = 16  # policy calls per forward/backward (memory only)
-    max_grad_norm: float = 1.0
-    loss_tokens: str = "all"  # "all" action tokens, or "executed": only numbers that reach the env
-    loss_agg: str = "token-mean"  # or "trajectory-mean": every trajectory weighs the same (vla0.rl.grpo)
-    lora_rank: int = 0  # 0 = full fine-tuning
-    lora_alpha: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # rollouts
-    action_horizon: int | None = None  # steps executed per chunk; None: the policy's own setting
-    ensemble: int = 1  # temporal ensembling during rollouts (1 = off)
-    max_steps: int | None = None  # rollout episode cap; None: the task's table (vla0.sim.metaworld_env)
-    batch_envs: int = 16
-    workers: int = 2
-    cameras: list[str] | None = None
-    image_size: list[int] | None = None
-    visible_goal: bool = True
-    rollout_seed: int = 100_000  # group g starts from seed rollout_seed + g
-    # schedule
-    iterations: int | None = None
-    minutes: float | None = None  # wall-clock budget for this process's iterations
-    eval_every: int = 0  # held-out evaluation every k iterations (0 = never; also at start and end)
-    eval_episodes: int = 10
-    eval_seed: int = 10_000
-    eval_max_steps: int | None = None  # held-out episode cap; None: the task's table, as `vla0 eval`
-    save_every: int = 1
-    keep_checkpoints: int = 2
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    progress: bool = True
+    policy: str = option(help="supervised policy or run folder to start from")
+    tasks: list[str] = option(help="comma-separated, e.g. reach-v3,drawer-open-v3")
+    out: str = option(help="RL run folder")
+    env: str = option("metaworld", "registered environment (vla0.envs)")
+    # -- GRPO (SimpleVLA-RL defaults) --
+    group_size: int = option(8, "rollouts per group (same task, same seed)", group="GRPO")
+    groups_per_batch: int = option(64, "groups with mixed outcomes per update", group="GRPO")
+    max_groups_factor: float = option(4.0, "dynamic sampling gives up after this many x groups-per-batch groups",
+                                      group="GRPO")
+    temperature: float = option(1.6, "rollout sampling temperature", group="GRPO")
+    lr: float = option(5e-6, group="GRPO")
+    warmup_steps: int = option(0, "optimizer steps of linear lr warm-up (0: the recipe's constant lr)", group="GRPO")
+    betas: tuple[float, float] = option((0.9, 0.999), group="GRPO")
+    weight_decay: float = option(0.0, group="GRPO")
+    clip_low: float = option(0.2, group="GRPO")
+    clip_high: float = option(0.28, group="GRPO")
+    epochs: int = option(1, "passes over each batch", group="GRPO")
+    minibatches: int = option(1, "optimizer steps per pass", group="GRPO")
+    micro_batch: int = option(16, "policy calls per forward/backward (memory only)", group="GRPO")
+    max_grad_norm: float = option(1.0, group="GRPO")
+    loss_tokens: str = option("all", "'all' action tokens (recipe) or only the numbers that reach the env "
+                              "(first min(H, ensemble x n-action-steps) steps of each chunk)",
+                              choices=("all", "executed"), group="GRPO")
+    loss_agg: str = option("token-mean", "token-mean (recipe): long trajectories weigh more; trajectory-mean: "
+                           "each weighs the same", choices=LOSS_AGGREGATIONS, group="GRPO")
+    lora_rank: int = option(0, "0 = full fine-tuning", group="GRPO")
+    lora_alpha: int = option(16, group="GRPO")
+    lora_targets: list[str] = option(group="GRPO", default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # -- rollouts --
+    n_action_steps: int | None = option(None, "steps executed per sampled chunk (default: the policy's own)",
+                                        aliases=("--action-horizon",), group="rollouts")
+    ensemble: int = option(1, "temporal ensembling during rollouts (1 = off)", group="rollouts")
+    max_episode_steps: int | None = option(None, "rollout episode cap (default: the env's per-task cap); a cap "
+                                           "near the successes' length saves the time failures spend running "
+                                           "out the clock", aliases=("--max-steps",), group="rollouts")
+    batch_envs: int = option(16, "episodes in lockstep (one batched model call)", group="rollouts")
+    workers: int = option(2, "env worker processes", group="rollouts")
+    cameras: list[str] | None = option(None, "default: the policy's cameras", group="rollouts")
+    image_size: list[int] | None = option(None, "rendered HxW (default: as trained)", group="rollouts")
+    visible_goal: bool = option(True, "Meta-World: a larger green goal marker (as the demos were collected)",
+                                group="rollouts")
+    rollout_seed: int = option(100_000, "group g starts from seed rollout-seed + g", group="rollouts")
+    # -- schedule --
+    iterations: int | None = option(None, group="schedule")
+    minutes: float | None = option(None, "wall-clock budget (checked between iterations)", group="schedule")
+    eval_every: int = option(0, "held-out evaluation every k iterations (0 = never; also at start and end)",
+                             group="schedule")
+    eval_episodes: int = option(10, "per task", group="schedule")
+    eval_seed: int = option(10_000, group="schedule")
+    eval_max_episode_steps: int | None = option(None, "held-out episode cap (default: the env's, as `vla0 eval`)",
+                                                aliases=("--eval-max-steps",), group="schedule")
+    save_every: int = option(1, "checkpoint every k iterations", group="schedule")
+    keep_checkpoints: int = option(2, group="schedule")
+    seed: int = option(0, group="schedule")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint", group="schedule")
+    device: str | None = option(None, "torch device (default: cuda if available, else cpu)", group="schedule")
+    progress: bool = option(True, group="schedule")
+
+    def env_options(self) -> dict:
+        """The options of this config that the environment declares (EnvFamily.options)."""
+        return {k: getattr(self, k) for k in get_env(self.env).options if hasattr(self, k)}
 
 
 def check_rl_config(cfg: RLConfig) -> None:
     from vla0.policy.policy import resolve_policy_dir
-    from vla0.sim.metaworld_env import check_task
-    if cfg.env != "metaworld":
-        raise ValueError(f"unknown --env {cfg.env!r}; available: metaworld")
-    if not cfg.tasks:
-        raise ValueError("give at least one task (--tasks)")
-    for t in cfg.tasks:
-        check_task(t)
+    get_env(cfg.env).check_tasks(cfg.tasks, cfg.eval_episodes, "vla0 rl")
     if cfg.group_size < 2:
         raise ValueError(f"--group-size must be >= 2 (GRPO compares rollouts within a group), got {cfg.group_size}")
     if cfg.lr <= 0 or cfg.warmup_steps < 0:
@@ -104,7 +117,7 @@ def check_rl_config(cfg: RLConfig) -> None:
         raise ValueError(f"--loss-agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got {cfg.loss_agg!r}")
     if not (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0):
         raise ValueError(f"clip bounds must satisfy 0 <= low < 1 and high >= 0, got {cfg.clip_low}, {cfg.clip_high}")
-    for name in ("max_steps", "eval_max_steps"):
+    for name in ("max_episode_steps", "eval_max_episode_steps"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or unset: the per-task table), got {getattr(cfg, name)}")
     if cfg.iterations is None and cfg.minutes is None:
@@ -142,23 +155,25 @@ class RLTrainer:
         self.vlm = vlm
         self.model = model
         # Execution settings the policy is optimised (and exported) with.
-        self.action_horizon = cfg.action_horizon or source_config.action_horizon
-        config = copy.deepcopy(source_config)
-        config.action_horizon, config.ensemble = self.action_horizon, cfg.ensemble
-        config.extra = {**config.extra, "rl": {"source_policy": str(self.source), "config": asdict(cfg),
-                                               "source_execution": {"action_horizon": source_config.action_horizon,
-                                                                    "ensemble": source_config.ensemble}}}
+        n_action_steps = cfg.n_action_steps or source_config.n_action_steps
+        rl_record = {"source_policy": str(self.source), "config": asdict(cfg),
+                     "source_execution": {"n_action_steps": source_config.n_action_steps,
+                                          "ensemble": source_config.ensemble}}
+        config = dataclasses.replace(source_config, n_action_steps=n_action_steps, ensemble=cfg.ensemble,
+                                     training={**source_config.training, "rl": rl_record})
         self.policy_config = config
-        settings = RolloutSettings(temperature=cfg.temperature, action_horizon=self.action_horizon,
-                                   ensemble=cfg.ensemble, max_steps=cfg.max_steps, batch_envs=cfg.batch_envs,
+        self.processor = ActionProcessor(config, vlm.tokenizer, vlm.image_processor)
+        settings = RolloutSettings(temperature=cfg.temperature, n_action_steps=n_action_steps,
+                                   ensemble=cfg.ensemble, max_episode_steps=cfg.max_episode_steps,
+                                   batch_envs=cfg.batch_envs, env=cfg.env,
                                    cameras=tuple(cfg.cameras) if cfg.cameras else None,
                                    image_size=tuple(cfg.image_size) if cfg.image_size else None,
-                                   visible_goal=cfg.visible_goal)
+                                   env_options=cfg.env_options())
         self.settings = settings
-        self.worker = RolloutWorker(model, vlm.tokenizer, vlm.image_processor, config, settings, pool=pool,
-                                    num_workers=cfg.workers, device=self.device)
-        used_rows = min(config.horizon, cfg.ensemble * self.action_horizon)
-        self.learner = Learner(model, vlm.tokenizer, vlm.image_processor, config, lr=cfg.lr, betas=cfg.betas,
+        self.worker = RolloutWorker(model, self.processor, settings, pool=pool, num_workers=cfg.workers,
+                                    device=self.device)
+        used_rows = min(config.chunk_size, cfg.ensemble * n_action_steps)
+        self.learner = Learner(model, self.processor, lr=cfg.lr, betas=cfg.betas,
                                weight_decay=cfg.weight_decay, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                temperature=cfg.temperature, epochs=cfg.epochs, minibatches=cfg.minibatches,
                                micro_batch=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm,
@@ -173,7 +188,7 @@ class RLTrainer:
             self.learner.load_state_dict(state["learner"])
             self.iteration, self.next_group = state["iteration"], state["next_group"]
             torch.set_rng_state(state["torch_rng"])
-        self.cameras, self.image_size = env_render_settings(config, settings)
+        self.cameras, self.image_size = self.worker.cameras, self.worker.image_size
 
     def lora_kwargs(self) -> dict:
         cfg = self.cfg
@@ -229,11 +244,11 @@ class RLTrainer:
         from vla0.policy.policy import VLA0Policy
         cfg = self.cfg
         policy = VLA0Policy(VLM(self.model, self.vlm.tokenizer, self.vlm.image_processor), self.policy_config,
-                            self.device, temperature=0.0, name=f"vla0-rl@{tag}")
+                            self.device, temperature=0.0, name=f"vla0-rl@{tag}", processor=self.processor)
         res = evaluate(policy, cfg.tasks, cfg.eval_episodes, seed=cfg.eval_seed, out=self.out / "eval" / tag,
-                       cameras=self.cameras, image_size=self.image_size, num_workers=cfg.workers,
-                       batch_envs=cfg.batch_envs, max_steps=cfg.eval_max_steps, videos=0, progress=False,
-                       visible_goal=cfg.visible_goal)
+                       env=cfg.env, cameras=self.cameras, image_size=self.image_size, num_workers=cfg.workers,
+                       batch_envs=cfg.batch_envs, max_episode_steps=cfg.eval_max_episode_steps, videos=0,
+                       progress=False, **cfg.env_options())
         return {"eval_success_rate": res["mean_success_rate"],
                 "eval_success_by_task": {t: r["success_rate"] for t, r in res["tasks"].items()}}
 
@@ -241,7 +256,7 @@ class RLTrainer:
     def train(self) -> Path:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+        write_text_atomic(self.out / CONFIG_FILE, json.dumps(asdict(cfg), indent=2))
         log_path = self.out / LOG_FILE
         t_start = time.perf_counter()
         last_iter = 0.0
@@ -317,12 +332,13 @@ class RLTrainer:
 
     # -- saving ---------------------------------------------------------------------------------
     def _write_policy(self, folder: Path, merged: bool) -> None:
-        config = copy.deepcopy(self.policy_config)
+        config = self.policy_config
         model = self.model
         if self.cfg.lora_rank and merged:
             model = copy.deepcopy(model).merge_and_unload()
         elif self.cfg.lora_rank:
-            config.base_model = str(self.source)  # an adapter loads on top of the policy RL started from
+            # an adapter loads on top of the policy RL started from
+            config = dataclasses.replace(config, base_model=str(self.source))
         model.save_pretrained(folder)
         self.vlm.save_processor(folder)
         config.save(folder)
@@ -332,14 +348,13 @@ class RLTrainer:
             self._write_policy(tmp, merged=False)
             torch.save({"learner": self.learner.state_dict(), "iteration": self.iteration,
                         "next_group": self.next_group, "torch_rng": torch.get_rng_state()}, tmp / TRAINER_STATE)
-        folder = save_atomic(self.out / "checkpoints" / checkpoint_name(self.iteration), write)
-        mark_latest(self.out, folder, self.cfg.keep_checkpoints)
+        folder = save_checkpoint(self.out, self.iteration, write, self.cfg.keep_checkpoints)
         self._saved_at = self.iteration
         return folder
 
     def export_policy(self) -> Path:
         """OUT/policy: full (LoRA-merged) weights, tokenizer, image processor, vla0_policy.json."""
-        return save_atomic(self.out / "policy", lambda tmp: self._write_policy(tmp, merged=True))
+        return save_folder_atomic(self.out / "policy", lambda tmp: self._write_policy(tmp, merged=True))
 
 
 def train_rl(cfg: RLConfig, pool=None) -> Path:

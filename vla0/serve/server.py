@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from vla0.ensemble import TemporalEnsembler
+from vla0.policy.executor import ChunkExecutor
+from vla0.options import option
 from vla0.serve import protocol
 from vla0.serve.batching import Batcher
 from vla0.serve.validation import ObservationSpec, RequestError
@@ -38,15 +39,17 @@ PROTOCOL_VERSION = 1
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback unless told otherwise: a policy server drives hardware
-    port: int = 8000
-    api_key: str | None = None
-    batching: bool = True
-    max_batch: int = 16
-    max_wait_ms: float = 5.0  # how long a lone request waits for batch-mates
-    max_message_bytes: int = 16 << 20  # larger requests get an error reply
-    state_dim: int | None = None  # expected observation.state length; None: fixed by each session's first
-    max_image_side: int = 2048
+    host: str = option("127.0.0.1", "interface to bind (loopback unless told otherwise: a policy server drives "
+                       "hardware; 0.0.0.0 for all)")
+    port: int = option(8000)
+    api_key: str | None = option(None, "require 'Authorization: Api-Key <key>' (default: $VLA0_API_KEY; unset: no key)")
+    batching: bool = option(True, "decode requests of concurrent sessions in one model call")
+    max_batch: int = option(16, "most requests decoded in one model call")
+    max_wait_ms: float = option(5.0, "how long a lone request waits for batch-mates")
+    max_message_bytes: int = option(16 << 20, "larger requests get an error reply")
+    state_dim: int | None = option(None, "expected observation.state length (default: the policy's, else each "
+                                   "session's first)")
+    max_image_side: int = option(2048, "largest accepted image side, in pixels")
 
 
 def vla0_version() -> str:
@@ -59,16 +62,17 @@ def vla0_version() -> str:
 
 
 class Session:
-    """Per-connection state: its own ensembling history, so sessions never mix."""
+    """Per-connection state: its own chunk executor (ensembling history), so sessions never mix."""
     _ids = itertools.count()
 
-    def __init__(self, ensemble: int, decay: float):
+    def __init__(self, config):
         self.id = next(self._ids)
-        self.ensembler = TemporalEnsembler(ensemble, decay)
+        # one chunk per request: the executor adds it and hands out this step's ensembled action
+        self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, None, config.action_bounds)
         self.state_dim: int | None = None
 
     def reset(self) -> None:
-        self.ensembler.reset()
+        self.executor.reset()
         self.state_dim = None
 
 
@@ -77,17 +81,15 @@ class PolicyServer:
         self.policy = policy
         self.cfg = cfg = cfg or ServeConfig()
         pc = policy.config
-        self.spec = ObservationSpec(pc, cfg.state_dim or pc.extra.get("state_dim"), cfg.max_image_side)
+        self.spec = ObservationSpec(pc, cfg.state_dim or pc.state_dim or None, cfg.max_image_side)
         self.batcher = Batcher(policy.predict_action_chunk, cfg.max_batch if cfg.batching else 1, cfg.max_wait_ms)
-        self.bounds = (np.asarray(pc.action_stats["min"], np.float32), np.asarray(pc.action_stats["max"], np.float32))
         self.metadata = {
             "model": model_name or getattr(policy, "name", "vla0"), "vla0_version": vla0_version(),
-            "protocol": PROTOCOL_VERSION, "horizon": pc.horizon, "action_dim": pc.action_dim,
+            "protocol": PROTOCOL_VERSION, "chunk_size": pc.chunk_size, "action_dim": pc.action_dim,
             "num_bins": pc.num_bins, "cameras": list(pc.cameras), "image_keys": list(pc.image_keys),
-            "image_size": pc.image_size, "image_layout": pc.image_layout,
-            "camera_shapes": pc.extra.get("camera_shapes", {}),
+            "image_size": pc.image_size, "image_layout": pc.image_layout, "camera_shapes": pc.camera_shapes,
             "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
-            "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "action_horizon": pc.action_horizon,
+            "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "n_action_steps": pc.n_action_steps,
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
             "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
         }
@@ -177,7 +179,7 @@ class PolicyServer:
             return web.json_response({"error": "this endpoint speaks WebSocket (msgpack); see GET /metadata",
                                       "code": "not_websocket"}, status=400)
         await ws.prepare(request)
-        session = Session(self.policy.config.ensemble, self.policy.config.ensemble_decay)
+        session = Session(self.policy.config)
         self._sockets.add(ws)
         self.batcher.sessions += 1
         log.info("session %d opened from %s", session.id, request.remote)
@@ -233,15 +235,15 @@ class PolicyServer:
             return {"error": f"inference failed: {type(e).__name__}: {e}", "code": "inference_error"}
         chunk = result.chunk
         if session is None:
-            action = chunk[0]
+            action = np.clip(chunk[0], *self.policy.config.action_bounds)
         else:
             if obs.state is not None:
                 session.state_dim = obs.state.shape[0]
-            session.ensembler.add(0, chunk)
-            action = session.ensembler.pop(0)
+            session.executor.add(0, chunk)
+            action = session.executor.pop(0)
         return {
             "actions": chunk.astype(np.float32),
-            "action": np.clip(action, *self.bounds).astype(np.float32),
+            "action": action.astype(np.float32),
             "server_timing": {"queue_ms": result.queue_ms, "infer_ms": result.infer_ms,
                               "total_ms": (time.perf_counter() - received) * 1000,
                               "batch_size": result.batch_size},

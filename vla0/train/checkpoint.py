@@ -1,38 +1,15 @@
-"""Atomic checkpoints: each is written into a hidden temporary folder and renamed into place,
-and `checkpoints/latest` names the newest complete one, so a killed run never leaves a
-half-written checkpoint that --resume would pick up."""
+"""Checkpoints of a run folder: each is written atomically (vla0.io) and `checkpoints/latest`
+names the newest complete one, so a killed run never leaves a half-written checkpoint that
+--resume would pick up."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from vla0.io import save_folder_atomic, write_text_atomic
+
 TRAINER_STATE = "trainer_state.pt"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def save_atomic(folder: Path, write) -> Path:
-    """Call write(tmp_folder), then rename tmp_folder to folder (replacing an older one)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would follow the folder after the rename
-    try:
-        write(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def checkpoint_name(step: int) -> str:
@@ -47,8 +24,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return folder if (folder / TRAINER_STATE).exists() else None
 
 
-def mark_latest(run_dir: Path, folder: Path, keep: int = 2) -> None:
+def save_checkpoint(run_dir: Path, step: int, write, keep: int = 2) -> Path:
+    """write(tmp_folder) fills checkpoint `step`; it becomes `latest` and older ones beyond
+    `keep` are removed."""
+    folder = save_folder_atomic(run_dir / "checkpoints" / checkpoint_name(step), write)
     write_text_atomic(run_dir / "checkpoints" / "latest", folder.name)
     older = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.name != folder.name)
     for p in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+    return folder

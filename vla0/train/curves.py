@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vla0.io import write_file_atomic
+
 
 def plot_loss(log: Path, png: Path) -> None:
     import matplotlib
@@ -24,5 +26,5 @@ def plot_loss(log: Path, png: Path) -> None:
     ax.set(xlabel="step", ylabel="cross-entropy (action tokens)", yscale="log", title="vla0 training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    write_file_atomic(png, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)

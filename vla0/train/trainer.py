@@ -1,7 +1,7 @@
 """`vla0 train`: fine-tune an unmodified VLM to write action chunks as text (VLA-0).
 
-One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionCodec text -> PromptEncoder
-(crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
+One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionProcessor.training_example
+(action text, crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
 Runs on one process or under torchrun / accelerate launch (each rank takes its slice of every
 global batch). The data order is a pure function of (seed, step), so --resume continues exactly.
 """
@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,51 +21,67 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from vla0.codec import ActionCodec
-from vla0.config import IMAGE_PREFIX, PolicyConfig, stats_to_lists
+from vla0.config import IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
 from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
+from vla0.io import save_folder_atomic
 from vla0.model.vlm import check_model_folder, load_vlm
-from vla0.prompt import PromptEncoder, collate
-from vla0.train.checkpoint import (TRAINER_STATE, checkpoint_name, latest_checkpoint, mark_latest,
-                                   save_atomic)
+from vla0.options import option
+from vla0.processor import ActionProcessor
+from vla0.prompt import collate
+from vla0.train.checkpoint import TRAINER_STATE, latest_checkpoint, save_checkpoint
+
+NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 
 
 @dataclass
 class TrainConfig:
-    model: str
-    dataset: str
-    out: str
-    cameras: list[str] | None = None  # default: every camera of the dataset
-    horizon: int = 8
-    num_bins: int = 1000
-    normalization: str = "minmax"
-    image_layout: str = "tile"
-    image_size: list[int] | None = None
-    crop_fraction: float = 0.875
-    mask_max_frac: float = 0.4
-    mask_p_none: float = 0.1
-    lr: float = 5e-6
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"  # or "cosine"
-    warmup_steps: int = 0
-    epochs: float | None = None
-    steps: int | None = None
-    batch_size: int = 8  # per process
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    precision: str = "fp32"  # or "bf16"
-    lora_rank: int = 0  # 0 = full fine-tuning
-    lora_alpha: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    action_horizon: int = 1  # inference defaults stored with the policy
-    ensemble: int = 8
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    seed: int = 0
-    resume: bool = False
-    progress: bool = True
+    # -- what to train on --
+    model: str = option(help="model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct")
+    dataset: str = option(help="LeRobotDataset folder (v3.0 or v2.1)")
+    out: str = option(help="run folder: checkpoints, policy/, train_log.jsonl")
+    cameras: list[str] | None = option(None, "cameras the policy reads (default: every camera of the dataset)")
+    # -- actions as text (VLA-0) --
+    chunk_size: int = option(8, "H, steps per predicted action chunk", aliases=("--horizon",), group="actions")
+    num_bins: int = option(1000, "B: actions are integers 0..B", flag="--bins", group="actions")
+    normalization: str = option("minmax", "per-dimension action normalisation", choices=NORMALIZATION_CHOICES,
+                                group="actions")
+    # -- images and augmentation --
+    image_layout: str = option("tile", "cameras side by side in one image, or one image each",
+                               choices=("tile", "separate"), group="images")
+    image_size: list[int] | None = option(None, "HxW each camera is resized to (default: as recorded)", group="images")
+    crop_fraction: float = option(0.875, "random-crop fraction in training, centre crop at inference (1 = off)",
+                                  flag="--crop", group="images")
+    mask_max_frac: float = option(0.4, "masked action augmentation: most of the action characters masked",
+                                  group="images")
+    mask_p_none: float = option(0.1, "fraction of samples left unmasked", group="images")
+    # -- optimiser and schedule --
+    lr: float = option(5e-6, "AdamW learning rate", group="optimiser")
+    weight_decay: float = option(0.0, group="optimiser")
+    betas: tuple[float, float] = option((0.9, 0.999), group="optimiser")
+    schedule: str = option("constant", "learning-rate schedule after the warm-up", choices=("constant", "cosine"),
+                           group="optimiser")
+    warmup_steps: int = option(0, "optimizer steps of linear warm-up", group="optimiser")
+    epochs: float | None = option(None, "training length in passes over the data (or --steps)", group="optimiser")
+    steps: int | None = option(None, "training length in optimizer steps (or --epochs)", group="optimiser")
+    batch_size: int = option(8, "samples per process per micro-batch", group="optimiser")
+    grad_accum: int = option(1, "micro-batches per optimizer step", group="optimiser")
+    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimiser")
+    precision: str = option("fp32", "autocast precision", choices=("fp32", "bf16"), group="optimiser")
+    lora_rank: int = option(0, "0 = full fine-tuning", group="optimiser")
+    lora_alpha: int = option(16, group="optimiser")
+    lora_targets: list[str] = option(help="modules LoRA adapts", group="optimiser",
+                                     default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # -- inference defaults stored with the policy --
+    n_action_steps: int = option(1, "steps executed per prediction", aliases=("--action-horizon",),
+                                 group="inference defaults")
+    ensemble: int = option(8, "temporal ensembling window (1 = off)", group="inference defaults")
+    # -- run --
+    save_every: int = option(500, "checkpoint every this many steps", group="run")
+    keep_checkpoints: int = option(2, group="run")
+    seed: int = option(0, group="run")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint", group="run")
+    progress: bool = option(True, "progress bar", group="run")
 
 
 def check_config(cfg: TrainConfig) -> dict:
@@ -76,8 +92,10 @@ def check_config(cfg: TrainConfig) -> dict:
         raise ValueError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.horizon < 1 or cfg.num_bins < 1:
-        raise ValueError("batch size, gradient accumulation, horizon and bins must all be >= 1")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.chunk_size < 1 or cfg.num_bins < 1:
+        raise ValueError("batch size, gradient accumulation, chunk size and bins must all be >= 1")
+    if not 1 <= cfg.n_action_steps <= cfg.chunk_size:
+        raise ValueError(f"--n-action-steps ({cfg.n_action_steps}) must be in 1..--chunk-size ({cfg.chunk_size})")
     if not 0 <= cfg.mask_max_frac <= 1:
         raise ValueError(f"--mask-max-frac must be in [0, 1], got {cfg.mask_max_frac}")
     info = validate_lerobot(Path(cfg.dataset))
@@ -109,15 +127,14 @@ class Trainer:
         data = load_lerobot(Path(cfg.dataset), cameras=cameras)
         self.policy_config = PolicyConfig(
             action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
-            horizon=cfg.horizon, num_bins=cfg.num_bins, normalization=cfg.normalization,
+            chunk_size=cfg.chunk_size, num_bins=cfg.num_bins, normalization=cfg.normalization,
             image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
-            action_horizon=cfg.action_horizon, ensemble=cfg.ensemble, base_model=str(cfg.model),
-            extra={"dataset": str(cfg.dataset), "train": asdict(cfg),
-                   "state_dim": 0 if data.state is None else int(data.state.shape[1]),
-                   # the frame size each camera was recorded at, so evaluation renders the same
-                   "camera_shapes": {c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras}})
-        self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.horizon)
-        self.codec = ActionCodec.from_stats(data.stats["action"], cfg.horizon, cfg.num_bins, cfg.normalization)
+            # the frame size each camera was recorded at, so evaluation renders the same
+            camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
+            state_dim=0 if data.state is None else int(data.state.shape[1]),
+            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
+            dataset=str(cfg.dataset), training={"train": asdict(cfg)})
+        self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.chunk_size)
 
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
         self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
@@ -129,7 +146,7 @@ class Trainer:
             else:
                 model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                                          target_modules=cfg.lora_targets, lora_dropout=0.0))
-        self.encoder = PromptEncoder(self.vlm.tokenizer, self.vlm.image_processor, self.policy_config)
+        self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         world = self.acc.num_processes
@@ -167,10 +184,9 @@ class Trainer:
         for idx in order[start:start + self.cfg.batch_size]:
             sample = self.dataset[int(idx)]
             rng = np.random.default_rng([self.cfg.seed, epoch, int(idx)])
-            examples.append(self.encoder.training_example(
-                sample.frames, sample.task, self.codec.encode(sample.actions), rng,
-                self.cfg.mask_max_frac, self.cfg.mask_p_none))
-        return collate(examples, self.vlm.tokenizer.pad_token_id, padding_side="right")
+            examples.append(self.processor.training_example(sample.frames, sample.task, sample.actions, rng,
+                                                            self.cfg.mask_max_frac, self.cfg.mask_p_none))
+        return collate(examples, self.processor.pad_id, padding_side="right")
 
     # -- loop -----------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -227,14 +243,13 @@ class Trainer:
                 self._write_policy(tmp)
                 torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                             "torch_rng": torch.get_rng_state(), "step": self.step}, tmp / TRAINER_STATE)
-            folder = save_atomic(self.out / "checkpoints" / checkpoint_name(self.step), write)
-            mark_latest(self.out, folder, self.cfg.keep_checkpoints)
+            save_checkpoint(self.out, self.step, write, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
 
     def export_policy(self) -> Path:
         folder = self.out / "policy"
         if self.acc.is_main_process:
-            save_atomic(folder, self._write_policy)
+            save_folder_atomic(folder, self._write_policy)
         self.acc.wait_for_everyone()
         return folder
 

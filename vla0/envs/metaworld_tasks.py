@@ -1,4 +1,4 @@
-"""Natural-language instructions for Meta-World v3 tasks.
+"""Natural-language instructions for Meta-World v3 tasks (vla0.envs.metaworld).
 
 A VLA conditions on text, so every task needs one fixed sentence; these are
 what the `task` field of observations and datasets carries.
@@ -57,8 +57,3 @@ INSTRUCTIONS: dict[str, str] = {
     "window-close-v3": "push the window closed",
 }
 
-
-def instruction(task: str) -> str:
-    if task not in INSTRUCTIONS:
-        raise ValueError(f"no instruction for task {task!r}; known: {', '.join(sorted(INSTRUCTIONS))}")
-    return INSTRUCTIONS[task]

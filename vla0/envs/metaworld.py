@@ -1,4 +1,4 @@
-"""Meta-World v3 task as a gymnasium-style env with LeRobot observation keys.
+"""Meta-World v3 behind the environment interface (vla0.envs): the MetaWorld family and its env.
 
 Differences from `gym.make("Meta-World/MT1", ...)`, all on purpose:
 - Initial object/goal positions are drawn from our seed (not from MT1's 50
@@ -7,7 +7,7 @@ Differences from `gym.make("Meta-World/MT1", ...)`, all on purpose:
   scripted experts read it); policies only get images + 4-dim state.
 - Several cameras render from one mujoco.Renderer, with shadows and
   multisampling off (about 6x faster) and corner cameras turned upright.
-- `visible_goal` enlarges and recolours the goal *site* (rendering only,
+- the `visible_goal` option (default on) enlarges and recolours the goal *site* (rendering only,
   sites have no physics) so the target is a few pixels wide at 64 px.
 """
 import warnings
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla0.sim.gl import ensure_gl
+from vla0.envs.base import EnvFamily, EnvSpec
+from vla0.envs.gl import ensure_gl
 
 ensure_gl()  # must precede the first mujoco import
 
@@ -23,7 +24,7 @@ import mujoco  # noqa: E402
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
-from vla0.sim.instructions import INSTRUCTIONS  # noqa: E402
+from vla0.envs.metaworld_tasks import INSTRUCTIONS  # noqa: E402
 
 
 def quiet_expert(expert, state: np.ndarray) -> np.ndarray:
@@ -37,10 +38,10 @@ TASKS: list[str] = sorted(t for t in ALL_V3_ENVIRONMENTS if t in ENV_POLICY_MAP 
 CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "gripperPOV", "behindGripper")
 FPS = 80  # model timestep 0.0025 s x frame_skip 5 = 12.5 ms per env step
 
-# Episode caps. Meta-World's own horizon is 500 steps; the scripted experts
+# Episode step caps. Meta-World's own horizon is 500 steps; the scripted experts
 # finish these tasks in 50-105 steps, so a tighter cap keeps failing policies
 # from dominating evaluation time while leaving room for slower successes.
-MAX_STEPS: dict[str, int] = {
+MAX_EPISODE_STEPS: dict[str, int] = {
     "reach-v3": 150,
     "button-press-topdown-v3": 150,
     "drawer-open-v3": 150,
@@ -52,50 +53,39 @@ MAX_STEPS: dict[str, int] = {
     "window-close-v3": 200,
     "peg-insert-side-v3": 250,
 }
-DEFAULT_MAX_STEPS = 300
+DEFAULT_MAX_EPISODE_STEPS = 300
 
 GOAL_SITE_RADIUS = 0.04  # reach succeeds within 0.05 m, so the sphere stays "inside" the target
 GOAL_SITE_RGBA = (0.1, 1.0, 0.1, 1.0)  # bright green: unlike the red robot, red puck and wood table
 
 
-def check_task(name: str) -> None:
-    if name not in TASKS:
-        raise ValueError(f"unknown Meta-World task {name!r}; valid v3 tasks: {', '.join(TASKS)}")
+class MetaWorld(EnvFamily):
+    name = "metaworld"
+    fps = FPS
+    action_dim = 4  # end-effector dx, dy, dz and the gripper, each in [-1, 1]
+    action_low = np.full(4, -1.0, np.float32)
+    action_high = np.full(4, 1.0, np.float32)
+    cameras = CAMERAS
+    default_cameras = ("corner3", "topview")
+    robot_type = "sawyer"
+    state_names = ["x", "y", "z", "gripper"]
+    action_names = ["dx", "dy", "dz", "gripper"]
+    extra_features = {"observation.environment_state": 39}  # the full state the experts read
+    has_expert = True
+    options = {"visible_goal": True}
 
+    def tasks(self) -> list[str]:
+        return TASKS
 
-def check_tasks_and_episodes(tasks: list[str], episodes: int, who: str) -> None:
-    """The checks every multi-task run (collect, evaluate) makes before it starts any env."""
-    if not tasks:
-        raise ValueError(f"{who}: no tasks given")
-    for t in tasks:
-        check_task(t)
-    if episodes < 1:
-        raise ValueError(f"{who}: episodes must be >= 1, got {episodes}")
+    def instruction(self, task: str) -> str:
+        self.check_task(task)
+        return INSTRUCTIONS[task]
 
+    def max_episode_steps(self, task: str) -> int:
+        return MAX_EPISODE_STEPS.get(task, DEFAULT_MAX_EPISODE_STEPS)
 
-@dataclass
-class EnvSpec:
-    task: str
-    cameras: tuple[str, ...] = ("corner3",)
-    image_size: tuple[int, int] = (64, 64)  # (height, width) per camera
-    max_steps: int | None = None  # None -> MAX_STEPS table, else DEFAULT_MAX_STEPS
-    visible_goal: bool = True
-
-    def __post_init__(self):
-        check_task(self.task)
-        self.cameras = tuple(self.cameras)
-        bad = [c for c in self.cameras if c not in CAMERAS]
-        if bad:
-            raise ValueError(f"unknown camera(s) {bad} in EnvSpec for {self.task}; valid: {', '.join(CAMERAS)}")
-        self.image_size = tuple(int(x) for x in self.image_size)
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise ValueError(f"EnvSpec.image_size must be (height, width) >= 8 px, got {self.image_size}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"EnvSpec.max_steps must be >= 1, got {self.max_steps}")
-
-    @property
-    def horizon(self) -> int:
-        return self.max_steps or MAX_STEPS.get(self.task, DEFAULT_MAX_STEPS)
+    def make(self, spec: EnvSpec) -> "MetaWorldEnv":
+        return MetaWorldEnv(spec)
 
 
 class MetaWorldEnv:
@@ -115,7 +105,7 @@ class MetaWorldEnv:
         self._instruction = INSTRUCTIONS[spec.task]
         self._renderer = None
         model = env.model
-        if spec.visible_goal:
+        if spec.options["visible_goal"]:
             sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             if sid >= 0:
                 model.site_size[sid, 0] = max(model.site_size[sid, 0], GOAL_SITE_RADIUS)
@@ -166,15 +156,15 @@ class MetaWorldEnv:
         if self._raw is None:
             raise RuntimeError(f"{self.spec.task}: call reset(seed) before step()")
         action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != (4,):
-            raise ValueError(f"{self.spec.task}: action must have 4 values, got shape {action.shape}")
+        if action.shape != (MetaWorld.action_dim,):
+            raise ValueError(f"{self.spec.task}: action must have {MetaWorld.action_dim} values, got shape {action.shape}")
         action = np.clip(np.nan_to_num(action), -1.0, 1.0)
         raw, reward, _, _, info = self._env.step(action)
         self._raw = raw
         self._steps += 1
         success = bool(info.get("success", 0.0))
         info = {"success": success, "steps": self._steps}
-        return self._obs(render), float(reward), success, (not success and self._steps >= self.spec.horizon), info
+        return self._obs(render), float(reward), success, (not success and self._steps >= self.spec.max_episode_steps), info
 
     def expert_action(self) -> np.ndarray:
         if self._raw is None:

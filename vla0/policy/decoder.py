@@ -1,17 +1,23 @@
-"""Grammar-constrained sampling with exact log-probs, and the same log-probs recomputed by
-teacher forcing: the two halves of the GRPO importance ratio.
+"""ActionDecoder: the one way vla0 turns prompts into action tokens, under the action grammar.
 
-The distribution sampled at rollout time, and scored again at update time, is
+    greedy(prompts, drafts)          -> token ids    (evaluation, serving; the default)
+    sample(prompts, T, generator)    -> token ids + log-probs   (evaluation with a temperature,
+                                                                  RL rollouts)
+    score(prompts, tokens, T)        -> log-probs of given tokens, differentiable (the RL ratio)
+
+Greedy decoding is the exact fast decoder (vla0.policy.fast_decode: the same tokens as
+`generate`, in far fewer forward passes) unless `fast=False` asks for plain `generate`.
+
+The distribution sampled, and scored again at update time, is
 
     pi(token | prefix) = softmax( logits[allowed] / T )      over the grammar-allowed tokens only
 
-where `allowed` is ActionGrammar.allowed(generated so far) and T the rollout temperature. Only
-the 12 grammar tokens' logits are ever computed (lm_head rows of the digits, the space and
-<|im_end|>), at both times, so the two computations are the same arithmetic on the same
-hidden states: with unchanged weights the ratio is 1 up to float rounding (~1e-6 in fp32).
-A token the grammar forces (one allowed choice) has log-prob exactly 0 and no gradient.
-Unlike HF `generate`, no repetition penalty or other logits processor is applied: the policy
-being optimised is exactly the distribution above.
+Only the grammar tokens' logits are computed (lm_head rows of the digits, the space and
+<|im_end|>), at both times, so the two computations are the same arithmetic on the same hidden
+states: with unchanged weights the ratio is 1 up to float rounding (~1e-6 in fp32). A token the
+grammar forces (one allowed choice) has log-prob exactly 0 and no gradient. Unlike `generate`,
+no repetition penalty or other logits processor is applied when sampling: what RL optimises is
+exactly the distribution above, and `vla0 eval --temperature T` samples that same distribution.
 """
 
 from __future__ import annotations
@@ -21,67 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vla0.policy.grammar import ActionGrammar
+from vla0.grammar import START, GrammarLogitsProcessor
+from vla0.processor import ActionProcessor
 from vla0.prompt import Encoded, collate
 
 
 def unwrap(model):
     """The Qwen2_5_VLForConditionalGeneration inside a PEFT wrapper (LoRA layers stay injected)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-class GrammarTable:
-    """ActionGrammar over its 12 tokens: column indices, allowed masks, incremental states."""
-
-    def __init__(self, grammar: ActionGrammar):
-        self.grammar = grammar
-        self.ids = list(grammar.digit_ids) + [grammar.space_id, grammar.end_id]
-        self.col = {t: i for i, t in enumerate(self.ids)}
-        self.num_cols = len(self.ids)
-        self._memo: dict[tuple, torch.Tensor] = {}
-
-    def start(self):
-        return (0, "", False)
-
-    def allowed_row(self, state) -> torch.Tensor:
-        """Boolean (12,) mask of the tokens ActionGrammar.allowed admits in `state`."""
-        done, cur, finished = state
-        key = (done + 1 >= self.grammar.num_values, cur, finished)
-        mask = self._memo.get(key)
-        if mask is None:
-            # ActionGrammar.allowed only looks at (numbers done, current digits, finished):
-            # rebuild a token prefix with that state and ask it, so the rule lives in one place.
-            prefix = self._prefix_for(done, cur, finished)
-            mask = torch.zeros(self.num_cols, dtype=torch.bool)
-            mask[[self.col[t] for t in self.grammar.allowed(prefix)]] = True
-            self._memo[key] = mask
-        return mask
-
-    def _prefix_for(self, done: int, cur: str, finished: bool) -> list[int]:
-        g = self.grammar
-        if finished:
-            return [g.end_id]
-        zero = g.digit_ids[0]
-        return [zero, g.space_id] * done + [g.digit_ids[int(c)] for c in cur]
-
-    def advance(self, state, token: int):
-        done, cur, finished = state
-        g = self.grammar
-        if finished:
-            return state
-        if token == g.end_id:
-            return (done + 1, "", True)
-        if token == g.space_id:
-            return (done + 1, "", False)
-        return (done, cur + str(g._digit_of[token]), False)
-
-    def masks(self, tokens: list[int]) -> torch.Tensor:
-        """(len(tokens), 12) allowed masks for each position of a generated sequence."""
-        state, rows = self.start(), []
-        for t in tokens:
-            rows.append(self.allowed_row(state))
-            state = self.advance(state, t)
-        return torch.stack(rows) if rows else torch.zeros(0, self.num_cols, dtype=torch.bool)
 
 
 @dataclass
@@ -99,17 +52,53 @@ class Scored:
     row: torch.Tensor  # (M,) which sequence each token belongs to
 
 
-class GrammarSampler:
-    def __init__(self, model, tokenizer, grammar: ActionGrammar):
+class ActionDecoder:
+    def __init__(self, model, processor: ActionProcessor, fast: bool = True, **fast_options):
+        """fast_options: FastDecoder's (relaxed_k, speculative, ...); fast=False: greedy by `generate`."""
         self.model = model
-        self.tokenizer = tokenizer
-        self.table = GrammarTable(grammar)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.processor = processor
+        self.grammar = processor.grammar
+        self.fast = None
+        if fast:
+            from vla0.policy.fast_decode import FastDecoder
+            self.fast = FastDecoder(unwrap(model), self.grammar, processor.config.action_dim, processor.pad_id,
+                                    **fast_options)
+        elif fast_options:
+            raise ValueError(f"fast decoder options {sorted(fast_options)} given with the fast decoder off")
 
-    # -- pieces shared by both computations -----------------------------------------------------
+    def reset(self) -> None:
+        """Forget what depends on the weights (the fast decoder's prefix cache): call after they change."""
+        if self.fast is not None:
+            self.fast.reset()
+
+    def _device(self):
+        return unwrap(self.model).lm_head.weight.device
+
+    # -- greedy ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def greedy(self, prompts: list[Encoded], drafts=None) -> list[list[int]]:
+        """Greedy token ids per prompt (ending with <|im_end|>). drafts[i]: guessed numbers for the
+        fast decoder (see draft_candidates); ignored by `generate`."""
+        if self.fast is not None:
+            return self.fast.decode_ids(prompts, drafts)
+        device = self._device()
+        batch = {k: v.to(device) for k, v in collate(prompts, self.processor.pad_id, padding_side="left").items()}
+        width = batch["input_ids"].shape[1]
+        out = unwrap(self.model).generate(
+            **batch, logits_processor=[GrammarLogitsProcessor(self.grammar, width)],
+            max_new_tokens=self.grammar.max_new_tokens(), do_sample=False, top_k=None, top_p=None,
+            eos_token_id=self.grammar.end_id, pad_token_id=self.processor.pad_id)
+        # rows that finished early are padded after their <|im_end|>
+        return [self._trim(row) for row in out[:, width:].tolist()]
+
+    def _trim(self, tokens: list[int]) -> list[int]:
+        end = self.grammar.end_id
+        return tokens[:tokens.index(end) + 1] if end in tokens else tokens
+
+    # -- shared by sample and score -------------------------------------------------------------
     def _grammar_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = unwrap(self.model).lm_head
-        ids = torch.tensor(self.table.ids, device=hidden.device)
+        ids = torch.tensor(self.grammar.ids, device=hidden.device)
         bias = None if head.bias is None else head.bias[ids]
         return F.linear(hidden, head.weight[ids], bias).float()
 
@@ -118,15 +107,15 @@ class GrammarSampler:
         return torch.log_softmax((logits / temperature).masked_fill(~mask, float("-inf")), dim=-1)
 
     def _positions(self, batch: dict) -> torch.Tensor:
-        core = unwrap(self.model).model
-        pos, _ = core.get_rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
-                                     image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+        pos, _ = unwrap(self.model).model.get_rope_index(
+            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
         return pos
 
-    def _device(self):
-        return unwrap(self.model).lm_head.weight.device
+    def _mask(self, state, device) -> torch.Tensor:
+        return torch.from_numpy(self.grammar.mask(state)).to(device)
 
-    # -- rollout time ---------------------------------------------------------------------------
+    # -- sample ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prompts: list[Encoded], temperature: float, generator: torch.Generator | None = None) -> list[Sample]:
         """One action text per prompt, sampled token by token with a KV cache."""
@@ -138,7 +127,7 @@ class GrammarSampler:
             return []
         device = self._device()
         core = unwrap(self.model)
-        batch = {k: v.to(device) for k, v in collate(prompts, self.pad_id, padding_side="left").items()}
+        batch = {k: v.to(device) for k, v in collate(prompts, self.processor.pad_id, padding_side="left").items()}
         pos = self._positions(batch)
         cache = DynamicCache(config=core.config.get_text_config())
         out = core.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=pos,
@@ -148,11 +137,11 @@ class GrammarSampler:
         attn = batch["attention_mask"]
         next_pos = pos[:, :, -1] + 1  # (3, B): left padding puts every row's last token last
         B = len(prompts)
-        states = [self.table.start() for _ in range(B)]
+        states = [START] * B
         samples = [Sample([], []) for _ in range(B)]
-        ids = torch.tensor(self.table.ids, device=device)
-        for _ in range(self.table.grammar.max_new_tokens()):
-            mask = torch.stack([self.table.allowed_row(s) for s in states]).to(device)
+        ids = torch.tensor(self.grammar.ids, device=device)
+        for _ in range(self.grammar.max_new_tokens()):
+            mask = torch.stack([self._mask(s, device) for s in states])
             logp = self._masked_log_softmax(self._grammar_logits(hidden), mask, temperature)
             cols = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
             forced = mask.sum(-1) == 1  # skip the draw's noise: a forced token is certain
@@ -162,10 +151,10 @@ class GrammarSampler:
             for i in range(B):
                 if states[i][2]:
                     continue
-                tok = self.table.ids[cols_l[i]]
+                tok = self.grammar.ids[cols_l[i]]
                 samples[i].tokens.append(tok)
                 samples[i].logprobs.append(0.0 if bool(forced[i]) else chosen[i])
-                states[i] = self.table.advance(states[i], tok)
+                states[i] = self.grammar.advance(states[i], tok)
             if all(s[2] for s in states):
                 break
             feed = ids[cols]  # a finished row keeps getting <|im_end|> (its only allowed token)
@@ -176,14 +165,14 @@ class GrammarSampler:
             next_pos = next_pos + 1
         return samples
 
-    # -- update time ----------------------------------------------------------------------------
+    # -- score ----------------------------------------------------------------------------------
     def score(self, prompts: list[Encoded], tokens: list[list[int]], temperature: float) -> Scored:
         """Log-probs of `tokens` after each prompt (teacher forcing), differentiable."""
         device = self._device()
         core = unwrap(self.model)
         seqs = [Encoded(p.input_ids + list(t), p.mm_token_type_ids + [0] * len(t), p.pixel_values, p.image_grid_thw)
                 for p, t in zip(prompts, tokens)]
-        batch = {k: v.to(device) for k, v in collate(seqs, self.pad_id, padding_side="right").items()}
+        batch = {k: v.to(device) for k, v in collate(seqs, self.processor.pad_id, padding_side="right").items()}
         pos = self._positions(batch)
         out = core.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=pos,
                          pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
@@ -193,8 +182,8 @@ class GrammarSampler:
             n = len(p.input_ids)
             rows += [i] * len(t)
             cols += range(n - 1, n - 1 + len(t))  # position k predicts token k+1
-            targets += [self.table.col[x] for x in t]
-            masks.append(self.table.masks(list(t)))
+            targets += [self.grammar.col[x] for x in t]
+            masks.append(torch.from_numpy(self.grammar.masks(list(t))))
         rows_t = torch.tensor(rows, device=device, dtype=torch.long)
         hidden = out.last_hidden_state[rows_t, torch.tensor(cols, device=device, dtype=torch.long)]
         mask = torch.cat(masks).to(device)

@@ -1,4 +1,4 @@
-"""A pool of Meta-World env workers driven in lockstep over pipes.
+"""A pool of environment workers (any registered env) driven in lockstep over pipes.
 
 Slots are numbered 0..B-1; slot i lives in worker i % num_workers, so a batch
 can be wider than the number of processes (each worker steps its slots in
@@ -14,16 +14,14 @@ import traceback
 
 import numpy as np
 
-from vla0.sim.gl import ensure_gl
+from vla0.envs.base import get_env
+from vla0.envs.gl import ensure_gl
 
 
 class _Slots:
     """The envs of one worker (or of the in-process pool), by slot id."""
 
     def __init__(self):
-        from vla0.sim.metaworld_env import MetaWorldEnv
-
-        self.make = MetaWorldEnv
         self.envs = {}
 
     def reset(self, jobs):
@@ -33,7 +31,7 @@ class _Slots:
             if env is None or env.spec != spec:
                 if env is not None:
                     env.close()
-                env = self.envs[slot] = self.make(spec)
+                env = self.envs[slot] = get_env(spec.env).make(spec)
             out.append(env.reset(seed)[0])
         return out
 

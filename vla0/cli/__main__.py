@@ -1,0 +1,5 @@
+import sys
+
+from vla0.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""`vla0 collect`, `vla0 eval`, `vla0 quickstart`: the commands that run environments."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vla0.options import add_options, build, option
+
+
+@dataclass
+class CollectConfig:
+    tasks: list[str] = option(help="comma-separated, e.g. reach-v3,drawer-open-v3")
+    episodes: int = option(help="expert attempts per task (seeds seed..seed+N-1); failed attempts are dropped")
+    out: str = option(help="dataset folder to write (LeRobotDataset v3.0)")
+    env: str = option("metaworld", "registered environment (vla0.envs)")
+    seed: int = option(0, "episode e of a task uses seed + e")
+    cameras: list[str] | None = option(None, "cameras to record (default: the env's default cameras)")
+    image_size: list[int] = option(help="HxW per camera", default_factory=lambda: [64, 64])
+    max_episode_steps: int | None = option(None, "episode cap (default: the env's per-task cap)",
+                                           aliases=("--max-steps",))
+    workers: int = option(2, "env worker processes")
+    keep_failures: bool = option(False, "also write the expert's failed episodes")
+    visible_goal: bool = option(True, "Meta-World: a larger green goal marker (rendering only)")
+    overwrite: bool = option(False, "replace an existing --out")
+    progress: bool = option(True, "progress bar")
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = option(help="comma-separated tasks")
+    out: str = option(help="folder for results.json, success.png, videos/")
+    policy: str | None = option(None, "policy or run folder, or 'random' / 'expert'")
+    server: str | None = option(None, "evaluate a policy served by `vla0 serve` (ws://HOST:PORT)")
+    api_key: str | None = option(None, "the server's API key")
+    env: str = option("metaworld", "registered environment (vla0.envs)")
+    episodes: int = option(20, "held-out episodes per task")
+    seed: int = option(10_000, "episode e uses seed + e; demonstrations use 0.. by default")
+    cameras: list[str] | None = option(None, "default: the policy's cameras")
+    image_size: list[int] | None = option(None, "rendered HxW (default: the size the policy was trained on)")
+    ensemble: int | None = option(None, "override the policy's temporal ensembling window")
+    n_action_steps: int | None = option(None, "override the steps executed per prediction",
+                                        aliases=("--action-horizon",))
+    temperature: float = option(0.0, "0 = greedy; > 0 samples the grammar-masked distribution RL optimises")
+    decoder: str = option("fast", "greedy decoding: the exact fast decoder or plain HF generate",
+                          choices=("fast", "generate"))
+    relaxed_k: int = option(0, "fast decoder: accept a drafted number within +-k bins of the model's (0 = exact)")
+    max_episode_steps: int | None = option(None, "episode cap (default: the env's per-task cap)",
+                                           aliases=("--max-steps",))
+    videos: int = option(2, "rollout videos per task")
+    workers: int = option(2, "env worker processes")
+    batch_envs: int | None = option(None, "episodes run in lockstep (one batched model call)")
+    visible_goal: bool = option(True, "Meta-World: a larger green goal marker (must match the demonstrations)")
+    progress: bool = option(True, "progress bar")
+
+
+def env_options(cfg, family) -> dict:
+    """The options of a command's config that the environment declares (EnvFamily.options)."""
+    return {k: getattr(cfg, k) for k in family.options if hasattr(cfg, k)}
+
+
+def cmd_collect(args) -> None:
+    from vla0.envs.base import get_env
+    from vla0.envs.collect import collect
+    cfg = build(CollectConfig, args)
+    family = get_env(cfg.env)
+    out = collect(cfg.tasks, cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env, cameras=cfg.cameras,
+                  image_size=tuple(cfg.image_size), num_workers=cfg.workers, keep_failures=cfg.keep_failures,
+                  progress=cfg.progress, max_episode_steps=cfg.max_episode_steps, overwrite=cfg.overwrite,
+                  **env_options(cfg, family))
+    print(f"wrote {out}")
+
+
+def load_eval_policy(cfg: EvalConfig, family):
+    """A policy by name (random, expert), a remote server, or a trained policy/run folder, and the
+    (cameras, camera shapes) it was trained on (None for the baselines)."""
+    from vla0.eval.baselines import ExpertPolicy, RandomPolicy
+    if cfg.server:
+        from vla0.client import RemotePolicy
+        remote = RemotePolicy(cfg.server, api_key=cfg.api_key)
+        return remote, (remote.metadata["cameras"], remote.metadata.get("camera_shapes", {}))
+    if cfg.policy == "random":
+        return RandomPolicy.for_env(family, seed=cfg.seed), None
+    if cfg.policy == "expert":
+        if not family.has_expert:
+            raise ValueError(f"{family.name} has no scripted expert")
+        return ExpertPolicy(), None
+    from vla0.policy.policy import VLA0Policy
+    policy = VLA0Policy.from_pretrained(cfg.policy, ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps,
+                                        temperature=cfg.temperature, fast_decode=cfg.decoder == "fast",
+                                        relaxed_k=cfg.relaxed_k)
+    return policy, (policy.config.cameras, policy.config.camera_shapes)
+
+
+def cmd_eval(args) -> None:
+    from vla0.envs.base import get_env
+    from vla0.eval.evaluate import evaluate
+    cfg = build(EvalConfig, args)
+    family = get_env(cfg.env)
+    family.check_tasks(cfg.tasks, cfg.episodes, "eval")  # before loading any model
+    if not cfg.server and cfg.policy is None:
+        raise ValueError("give --policy RUN_DIR|random|expert or --server ws://HOST:PORT")
+    policy, trained_on = load_eval_policy(cfg, family)
+    cameras, size = cfg.cameras, cfg.image_size
+    if trained_on is not None:  # render what the policy was trained on unless told otherwise
+        trained_cameras, shapes = trained_on
+        cameras = cameras or trained_cameras
+        size = size or tuple(next(iter(shapes.values()), (64, 64)))
+    try:
+        results = evaluate(policy, cfg.tasks, cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env,
+                           cameras=tuple(cameras or family.default_cameras[:1]), image_size=tuple(size or (64, 64)),
+                           num_workers=cfg.workers, batch_envs=cfg.batch_envs,
+                           max_episode_steps=cfg.max_episode_steps, videos=cfg.videos, progress=cfg.progress,
+                           **env_options(cfg, family))
+    finally:
+        if hasattr(policy, "close"):
+            policy.close()
+    print(f"mean success rate {results['mean_success_rate']:.3f}; wrote {cfg.out}/results.json")
+
+
+def cmd_quickstart(args) -> None:
+    from vla0.quickstart import QuickstartConfig, run_quickstart
+    cfg = build(QuickstartConfig, args)
+    print(f"[quickstart] settings: {asdict(cfg)}")
+    run_quickstart(cfg)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from vla0.quickstart import QuickstartConfig
+
+    p = sub.add_parser("collect", help="record scripted-expert demonstrations as a LeRobotDataset v3.0")
+    add_options(p, CollectConfig)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("eval", help="closed-loop success rate on held-out seeds")
+    add_options(p, EvalConfig)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quickstart", help="collect, train and evaluate on Meta-World in ~20 min on a CPU")
+    add_options(p, QuickstartConfig)
+    p.set_defaults(func=cmd_quickstart)

@@ -1,0 +1,61 @@
+"""`vla0 init-model`, `vla0 train`, `vla0 predict`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vla0.options import add_options, build
+
+
+def cmd_init_model(args) -> None:
+    from vla0.model.tiny import init_model
+    out = init_model(args.preset, Path(args.out), seed=args.seed)
+    print(f"wrote {args.preset} model to {out}")
+
+
+def cmd_train(args) -> None:
+    from vla0.train.recipes import recipe
+    from vla0.train.trainer import TrainConfig, train
+    base = recipe(args.recipe) if args.recipe else {}
+    print(f"policy written to {train(build(TrainConfig, args, base))}")
+
+
+def cmd_predict(args) -> None:
+    import numpy as np
+
+    from vla0.data.lerobot_dataset import load_lerobot
+    from vla0.policy.policy import VLA0Policy
+    policy = VLA0Policy.from_pretrained(args.policy)
+    data = load_lerobot(Path(args.dataset), cameras=policy.config.cameras)
+    i = args.frame
+    obs = {k: data.images[k][i:i + 1] for k in policy.config.image_keys}
+    obs["task"] = [data.tasks[int(data.task_index[i])]]
+    chunk = policy.predict_action_chunk(obs)[0]
+    truth = data.action[np.minimum(np.arange(i, i + policy.config.chunk_size), len(data.action) - 1)]
+    np.set_printoptions(precision=3, suppress=True)
+    print(f"task: {obs['task'][0]}\npredicted chunk:\n{chunk}\ndataset chunk:\n{truth}")
+    print(f"mean abs error: {np.abs(chunk - truth).mean():.4f}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from vla0.train.recipes import RECIPES
+    from vla0.train.trainer import TrainConfig
+
+    p = sub.add_parser("init-model", help="build the embedded model (random init, generated tokenizer)")
+    p.add_argument("preset", choices=["tiny"])
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_init_model)
+
+    p = sub.add_parser("train", help="fine-tune a VLM on a LeRobot dataset (VLA-0)")
+    p.add_argument("--recipe", default=None, help=f"start from a named recipe ({', '.join(sorted(RECIPES))}); "
+                                                  "flags given here override its values")
+    add_options(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict one action chunk for a dataset frame")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--frame", type=int, default=0)
+    p.set_defaults(func=cmd_predict)

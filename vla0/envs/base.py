@@ -1,0 +1,139 @@
+"""The environment interface, the spec of one environment to build, and the registry."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class Env(Protocol):
+    """One environment instance. Observations are dicts with LeRobot keys:
+    `observation.images.<camera>` (uint8 (h, w, 3), upright), `observation.state`, `task` (the
+    instruction); adapters may add privileged keys (e.g. `observation.environment_state`)."""
+    spec: "EnvSpec"
+
+    def reset(self, seed: int) -> tuple[dict, dict]: ...
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, bool, dict]:
+        """-> (obs, reward, terminated (success), truncated (step cap), info with 'success').
+        render=False leaves the camera images out of obs (rendering is most of a step)."""
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action from the simulator's privileged state (if it has one)."""
+
+    def close(self) -> None: ...
+
+
+class EnvFamily:
+    """A simulator adapter's facts and factory; subclasses fill these in."""
+    name: str = ""
+    fps: int = 0
+    action_dim: int = 0
+    action_low: np.ndarray
+    action_high: np.ndarray
+    cameras: tuple[str, ...] = ()  # cameras it can render
+    default_cameras: tuple[str, ...] = ()
+    robot_type: str = ""
+    state_names: list[str] = []
+    action_names: list[str] = []
+    extra_features: dict[str, int] = {}  # further vector observations collect records (key -> length)
+    has_expert: bool = False
+    options: dict = {}  # adapter-specific EnvSpec options and their defaults
+
+    def tasks(self) -> list[str]:
+        raise NotImplementedError
+
+    def instruction(self, task: str) -> str:
+        raise NotImplementedError
+
+    def max_episode_steps(self, task: str) -> int:
+        raise NotImplementedError
+
+    def make(self, spec: "EnvSpec") -> Env:
+        raise NotImplementedError
+
+    # -- checks, shared by every adapter --------------------------------------------------------
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks():
+            raise ValueError(f"unknown {self.name} task {task!r}; valid tasks: {', '.join(self.tasks())}")
+
+    def check_tasks(self, tasks: list[str], episodes: int, who: str) -> None:
+        """The checks every multi-task run (collect, evaluate, RL) makes before it starts any env."""
+        if not tasks:
+            raise ValueError(f"{who}: no tasks given")
+        for t in tasks:
+            self.check_task(t)
+        if episodes < 1:
+            raise ValueError(f"{who}: episodes must be >= 1, got {episodes}")
+
+    def check_cameras(self, cameras) -> None:
+        bad = [c for c in cameras if c not in self.cameras]
+        if bad:
+            raise ValueError(f"unknown {self.name} camera(s) {bad}; valid: {', '.join(self.cameras)}")
+
+    def check_action_dim(self, action_dim: int, who: str) -> None:
+        if action_dim != self.action_dim:
+            raise ValueError(f"{who} writes {action_dim}-dimensional actions; {self.name} takes {self.action_dim}")
+
+    def spec(self, task: str, cameras=(), image_size=(64, 64), max_episode_steps: int | None = None,
+             **options) -> "EnvSpec":
+        return EnvSpec(self.name, task, tuple(cameras), tuple(image_size), max_episode_steps, options)
+
+
+@dataclass
+class EnvSpec:
+    """What to build: which environment and task, what to render, when to stop. Equal specs can
+    reuse one built env (building costs about a second)."""
+    env: str  # registered name
+    task: str
+    cameras: tuple[str, ...] = ()  # () renders nothing
+    image_size: tuple[int, int] = (64, 64)  # (height, width) per camera
+    max_episode_steps: int | None = None  # None: the family's cap for the task
+    options: dict = field(default_factory=dict)  # adapter-specific (EnvFamily.options)
+
+    def __post_init__(self):
+        family = get_env(self.env)
+        family.check_task(self.task)
+        self.cameras = tuple(self.cameras)
+        family.check_cameras(self.cameras)
+        self.image_size = tuple(int(x) for x in self.image_size)
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"image_size must be (height, width) >= 8 px, got {self.image_size}")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        self.max_episode_steps = self.max_episode_steps or family.max_episode_steps(self.task)
+        unknown = sorted(set(self.options) - set(family.options))
+        if unknown:
+            raise ValueError(f"unknown {self.env} option(s) {unknown}; it takes {sorted(family.options)}")
+        self.options = {**family.options, **self.options}
+
+    @property
+    def family(self) -> EnvFamily:
+        return get_env(self.env)
+
+
+# name -> "module:Class"; adapters load on first use
+_REGISTRY: dict[str, str] = {"metaworld": "vla0.envs.metaworld:MetaWorld"}
+_LOADED: dict[str, EnvFamily] = {}
+
+
+def register(name: str, target: str) -> None:
+    """Add an adapter: target is "package.module:FamilyClass" (imported when first used)."""
+    _REGISTRY[name] = target
+    _LOADED.pop(name, None)
+
+
+def env_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_env(name: str) -> EnvFamily:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; registered environments: {', '.join(env_names())}")
+    if name not in _LOADED:
+        module, cls = _REGISTRY[name].split(":")
+        _LOADED[name] = getattr(importlib.import_module(module), cls)()
+    return _LOADED[name]

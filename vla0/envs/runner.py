@@ -1,0 +1,125 @@
+"""The episode loop, written once: collection, evaluation and RL rollouts all run through it.
+
+    jobs (spec, seed) -> slots of environments in an EnvPool (worker processes) -> a policy's
+    batched select_action(obs, slot ids) -> pool.step -> per-episode results
+
+Envs run in lockstep; when an episode ends its slot starts the next job at once (the policy's
+state for that slot is reset first), so the policy always sees a full batch. A slot prefers a
+job with its current spec (no env rebuild). Envs render only frames someone reads: the policy
+(its `needs_observation`, when it has one) or a recording (videos, datasets).
+
+A policy here is anything with `name`, `needs_images`, `reset(env_ids)` and
+`select_action(obs, env_ids) -> (B, action_dim)`; one whose `acts_in_env` is true is the
+environment's scripted expert (its actions come from the env workers, which hold the state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from vla0.config import IMAGE_PREFIX
+
+
+@dataclass
+class EpisodeJob:
+    spec: object  # vla0.envs.EnvSpec
+    seed: int
+    record: bool = False  # keep every observation and action (videos, datasets)
+    tag: object = None  # the caller's, returned with the result
+
+
+@dataclass
+class EpisodeResult:
+    job: EpisodeJob
+    index: int  # position in the job list
+    slot: int
+    success: bool
+    steps: int
+    observations: list[dict] = field(default_factory=list)  # if recorded: before each step, then the last
+    actions: list[np.ndarray] = field(default_factory=list)  # if recorded: one per step
+
+
+def batch_obs(observations: list[dict]) -> dict:
+    """Stack per-env observation dicts into one batch dict (strings become lists). Only keys all
+    envs share: blind envs (no cameras) may run beside recording ones."""
+    out = {}
+    for key in [k for k in observations[0] if all(k in o for o in observations[1:])]:
+        vals = [o[key] for o in observations]
+        out[key] = vals if isinstance(vals[0], str) else np.stack(vals)
+    return out
+
+
+def _images(obs: dict) -> dict:
+    return {k: v for k, v in obs.items() if k.startswith(IMAGE_PREFIX)}
+
+
+class EpisodeRunner:
+    def __init__(self, pool, batch: int, action_dim: int | None = None):
+        """pool: an EnvPool (or one with its interface); batch: episodes run in lockstep."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.pool = pool
+        self.batch = batch
+        self.action_dim = action_dim
+
+    def run(self, jobs: list[EpisodeJob], policy, on_end: Callable[[EpisodeResult], None] | None = None,
+            reset_policy: bool = True) -> list[EpisodeResult]:
+        """Every job, results in job order. on_end(result) is called as each episode ends, before
+        its slot starts the next one."""
+        results: list[EpisodeResult | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        active: dict[int, list] = {}  # slot -> [job index, obs, steps, recorded obs, recorded actions]
+        slot_spec: dict[int, object] = {}
+        pool = self.pool
+        expert = getattr(policy, "acts_in_env", False)
+        if reset_policy:
+            policy.reset(None)
+
+        def start(slot: int) -> None:
+            i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), pending[0])
+            pending.remove(i)
+            job = jobs[i]
+            slot_spec[slot] = job.spec
+            policy.reset([slot])
+            obs = pool.reset([job.spec], [job.seed], ids=[slot])[0]
+            active[slot] = [i, obs, 0, [] if job.record else None, [] if job.record else None]
+
+        for slot in range(min(self.batch, len(jobs))):
+            start(slot)
+        while active:
+            ids = sorted(active)
+            if expert:
+                actions = np.asarray(pool.expert_actions(ids), np.float32)
+            else:
+                actions = np.asarray(policy.select_action(batch_obs([active[s][1] for s in ids]), ids), np.float32)
+            want = self.action_dim or actions.shape[-1]
+            if actions.ndim != 2 or actions.shape != (len(ids), want):
+                raise ValueError(f"policy {policy.name!r} returned actions of shape {actions.shape}, "
+                                 f"expected ({len(ids)}, {want})")
+            wanted = policy.needs_observation(ids) if hasattr(policy, "needs_observation") else [True] * len(ids)
+            render = [w or active[s][3] is not None for s, w in zip(ids, wanted)]  # recordings see every frame
+            out = pool.step(list(actions), ids=ids, render=render)
+            for slot, action, r, (next_obs, _, term, trunc, info) in zip(ids, actions, render, out):
+                ep = active[slot]
+                if ep[3] is not None:
+                    ep[3].append(ep[1])
+                    ep[4].append(action)
+                if not r:  # keep the last frames so the batch stays rectangular; the policy will not read them
+                    next_obs = {**_images(ep[1]), **next_obs}
+                ep[1], ep[2] = next_obs, ep[2] + 1
+                if not (term or trunc):
+                    continue
+                i = ep[0]
+                res = EpisodeResult(jobs[i], i, slot, bool(info["success"]), ep[2])
+                if ep[3] is not None:
+                    res.observations, res.actions = ep[3] + [next_obs], ep[4]
+                results[i] = res
+                del active[slot]
+                if on_end is not None:
+                    on_end(res)
+                if pending:
+                    start(slot)
+        return results  # type: ignore[return-value]

@@ -1,0 +1,85 @@
+"""ActionProcessor: everything between an observation and the model, and between the model's
+tokens and an action, built once from a policy's config, tokenizer and image processor.
+
+    pre:  observation dict (LeRobot keys) -> checked frames + task -> prompt tokens and pixels
+          (crop, resize, tile: vla0.images; chat layout, masking: vla0.prompt)
+          training sample (frames, task, (H, D) actions) -> tokens with masked action text + labels
+    model: the action grammar (vla0.grammar) every decoder constrains the model with
+    post: generated tokens -> text -> (H, D) actions (vla0.codec), clipped to the action bounds
+
+The policy, the trainer, the RL learner and the server all take one of these instead of
+rebuilding the pieces from a PolicyConfig.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from vla0.codec import ActionCodec, DecodedChunk
+from vla0.config import IMAGE_PREFIX, PolicyConfig
+from vla0.grammar import ActionGrammar
+from vla0.images import check_image
+from vla0.prompt import Encoded, PromptEncoder
+
+
+class ActionProcessor:
+    def __init__(self, config: PolicyConfig, tokenizer, image_processor):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.encoder = PromptEncoder(tokenizer, image_processor, config)
+        self.codec = ActionCodec.from_stats(config.action_stats, config.chunk_size, config.num_bins,
+                                            config.normalization)
+        self.grammar = ActionGrammar(tokenizer, self.codec.num_values, config.num_bins)
+        self.low, self.high = config.action_bounds
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "ActionProcessor":
+        from vla0.model.vlm import load_processor
+        return cls(PolicyConfig.load(folder), *load_processor(folder))
+
+    # -- pre: observation -> prompt -------------------------------------------------------------
+    def observation_frames(self, obs: dict) -> tuple[list[list[np.ndarray]], list[str]]:
+        """A batched observation dict -> per row, one frame per policy camera; and the tasks."""
+        tasks = obs.get("task")
+        if tasks is None:
+            raise ValueError("observation lacks 'task' (the language instruction)")
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        per_camera = []
+        for key in self.config.image_keys:
+            if key not in obs:
+                have = sorted(k for k in obs if k.startswith(IMAGE_PREFIX))
+                raise ValueError(f"observation lacks camera {key!r}; it has {have}")
+            images = np.asarray(obs[key])
+            if images.ndim == 3:
+                images = images[None]
+            if images.shape[0] != len(tasks):
+                raise ValueError(f"{key}: batch of {images.shape[0]} images for {len(tasks)} tasks")
+            check_image(key, images[0])
+            per_camera.append(images)
+        return [[cam[i] for cam in per_camera] for i in range(len(tasks))], tasks
+
+    def prompt(self, frames: list[np.ndarray], task: str) -> Encoded:
+        """One row: the inference prompt (centre crop)."""
+        return self.encoder.prompt(frames, task)
+
+    def prompts(self, obs: dict) -> list[Encoded]:
+        frames, tasks = self.observation_frames(obs)
+        return [self.prompt(f, t) for f, t in zip(frames, tasks)]
+
+    def training_example(self, frames: list[np.ndarray], task: str, actions: np.ndarray, rng: np.random.Generator,
+                         mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
+        """One training sample: random crop, action text with masked augmentation, labels."""
+        return self.encoder.training_example(frames, task, self.codec.encode(actions), rng, mask_max_frac, p_no_mask)
+
+    # -- post: tokens -> actions ----------------------------------------------------------------
+    def decode(self, tokens: list[int]) -> DecodedChunk:
+        """Generated token ids (ending with <|im_end|> or not) -> the chunk they spell."""
+        return self.codec.decode(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def clip(self, actions: np.ndarray) -> np.ndarray:
+        """Actions clipped to the dataset's bounds: no executed action leaves what was demonstrated."""
+        return np.clip(actions, self.low, self.high)

@@ -1,1 +1,0 @@
-"""Simulation: Meta-World env adapter, worker pool, expert data collection."""
