@@ -109,7 +109,9 @@ def build(cls, args: argparse.Namespace, base: dict | None = None, **fixed):
     field_names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in field_names}
     values = {**(base or {}), **given, **fixed}
-    for k, v in values.items():
-        if isinstance(v, tuple) and typing.get_origin(_base(typing.get_type_hints(cls)[k])[0]) is list:
-            values[k] = list(v)
+    hints = typing.get_type_hints(cls)
+    for k, v in values.items():  # argparse's nargs gives lists; a recipe may hold tuples
+        origin = typing.get_origin(_base(hints[k])[0])
+        if isinstance(v, (list, tuple)) and origin in (list, tuple):
+            values[k] = origin(v)
     return cls(**values)

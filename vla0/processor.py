@@ -13,8 +13,6 @@ rebuilding the pieces from a PolicyConfig.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from vla0.codec import ActionCodec, DecodedChunk
@@ -35,11 +33,6 @@ class ActionProcessor:
         self.grammar = ActionGrammar(tokenizer, self.codec.num_values, config.num_bins)
         self.low, self.high = config.action_bounds
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> "ActionProcessor":
-        from vla0.model.vlm import load_processor
-        return cls(PolicyConfig.load(folder), *load_processor(folder))
 
     # -- pre: observation -> prompt -------------------------------------------------------------
     def observation_frames(self, obs: dict) -> tuple[list[list[np.ndarray]], list[str]]:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vla0.data.lerobot_writer import histogram_stats, image_histogram, vector_stats
+from vla0.data.stats import histogram_stats, image_histogram, vector_stats
 from vla0.data.video import decode_video_with_times
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vla0.data.stats import histogram_stats, image_histogram, vector_stats
 from vla0.data.video import DATASET_CODEC, VideoWriter
 
 CODEBASE_VERSION = "v3.0"
@@ -24,48 +25,11 @@ CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 INDEX_COLUMNS = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64", "task_index": "int64"}
 
 
 def camera_key(cam: str) -> str:
     return cam if cam.startswith("observation.images.") else f"observation.images.{cam}"
-
-
-def vector_stats(x: np.ndarray) -> dict[str, np.ndarray]:
-    """LeRobot's per-feature stats for a (N, k) array, reduced over frames."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
-    for q in QUANTILES:
-        out[f"q{round(q * 100):02d}"] = np.quantile(x, q, axis=0)
-    return out
-
-
-def image_histogram(frames: np.ndarray) -> np.ndarray:
-    """(3, 256) counts of uint8 values per channel: exact, mergeable image stats."""
-    flat = frames.reshape(-1, 3)
-    return np.stack([np.bincount(flat[:, c], minlength=256) for c in range(3)]).astype(np.int64)
-
-
-def histogram_stats(hist: np.ndarray, frames: int) -> dict[str, np.ndarray]:
-    """Per-channel stats of images scaled to [0, 1], shaped (3, 1, 1) as LeRobot stores them."""
-    values = np.arange(256) / 255.0
-    total = hist.sum(1)
-    mean = (hist * values).sum(1) / total
-    std = np.sqrt(np.maximum((hist * values**2).sum(1) / total - mean**2, 0.0))
-    cdf = np.cumsum(hist, 1) / total[:, None]
-    nonzero = hist > 0
-    out = {
-        "min": values[nonzero.argmax(1)],
-        "max": values[255 - nonzero[:, ::-1].argmax(1)],
-        "mean": mean,
-        "std": std,
-    }
-    for q in QUANTILES:
-        out[f"q{round(q * 100):02d}"] = values[(cdf >= q - 1e-12).argmax(1)]
-    out = {k: v.reshape(3, 1, 1) for k, v in out.items()}
-    out["count"] = np.array([frames])
-    return out
 
 
 def _fixed_list(x: np.ndarray) -> pa.Array:

@@ -75,11 +75,6 @@ def encode_video(path: Path, frames: np.ndarray, fps: int, preview: bool = True)
     return Path(path)
 
 
-def decode_video(path: Path) -> np.ndarray:
-    """All frames of a video as uint8 (N,h,w,3), in presentation order."""
-    return decode_video_with_times(path)[0]
-
-
 def decode_video_with_times(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """All frames (N,h,w,3) uint8 and their presentation times in seconds (N,), sorted."""
     path = Path(path)
