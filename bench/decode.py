@@ -5,8 +5,8 @@
 
 Setup. The paper's chunk shape (H=8, D=7, B=1000) needs a model trained for it, with real signal in
 every dimension, so the script first trains the embedded tiny Qwen2.5-VL (2 layers, hidden 128; plain
-AdamW on vla0's PromptEncoder + ActionCodec, ~10-25 minutes on 2 CPU cores) on a synthetic world:
-a disk moves around a circle with phase theta and the background colour encodes (cos, sin) theta;
+AdamW on vla0's ActionProcessor training examples, ~10-25 minutes on 2 CPU cores) on a synthetic
+world: a disk moves around a circle with phase theta and the background colour encodes (cos, sin) theta;
 action dim j at step k is 0.5 + 0.45 sin(theta + k w + 2 pi j / D). Consecutive frames of an episode
 advance theta by w, so consecutive chunks overlap as in closed loop. The model is cached under --work
 (--retrain, --train-more SECONDS to continue training it).
@@ -37,12 +37,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vla0.config import PolicyConfig  # noqa: E402
+from vla0.grammar import GrammarLogitsProcessor  # noqa: E402
+from vla0.io import save_folder_atomic, write_json_atomic  # noqa: E402
 from vla0.model.tiny import build_model  # noqa: E402
 from vla0.model.vlm import load_vlm  # noqa: E402
-from vla0.policy.drafts import draft_candidates, draft_from_bins  # noqa: E402
+from vla0.policy.drafts import draft_candidates  # noqa: E402
 from vla0.policy.fast_decode import FastDecoder  # noqa: E402
 from vla0.policy.policy import VLA0Policy  # noqa: E402
-from vla0.policy.grammar import GrammarLogitsProcessor  # noqa: E402
+from vla0.processor import ActionProcessor  # noqa: E402
 from vla0.prompt import collate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +74,7 @@ def world_chunk(theta: float, H: int, D: int) -> np.ndarray:
 
 
 def make_config(H: int, D: int, B: int) -> PolicyConfig:
-    return PolicyConfig(action_dim=D, cameras=["front"], horizon=H, num_bins=B,
+    return PolicyConfig(action_dim=D, cameras=["front"], chunk_size=H, num_bins=B,
                         action_stats={"min": [0.0] * D, "max": [1.0] * D}, image_size=[IMAGE, IMAGE],
                         crop_fraction=1.0, ensemble=1)
 
@@ -87,8 +89,7 @@ def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int
     if resume:
         seed += previous["steps"]
     cfg = make_config(H, D, B)
-    policy = VLA0Policy(vlm, cfg)  # for its encoder and codec
-    enc, codec = policy.encoder, policy.codec
+    processor = ActionProcessor(cfg, vlm.tokenizer, vlm.image_processor)  # prompt encoder and action codec
     model = vlm.model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -101,9 +102,8 @@ def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int
         examples = []
         for _ in range(batch_size):
             theta = rng.uniform(0, 2 * np.pi)
-            text = codec.encode(world_chunk(theta, H, D))
-            examples.append(enc.training_example([world_frame(theta)], TASK, text, rng,
-                                                 mask_max_frac=0.2, p_no_mask=0.5))
+            examples.append(processor.training_example([world_frame(theta)], TASK, world_chunk(theta, H, D), rng,
+                                                       mask_max_frac=0.2, p_no_mask=0.5))
         batch = collate(examples, vlm.tokenizer.pad_token_id, "right")
         loss = model(**batch).loss
         opt.zero_grad()
@@ -115,17 +115,15 @@ def train_policy(folder: Path, H: int, D: int, B: int, seconds: float, seed: int
         if step % 50 == 0:
             print(f"  train step {step} ({elapsed:.0f}s) loss {np.mean(log[-50:]):.4f}", flush=True)
     model.eval()
-    tmp = folder.with_name(folder.name + ".tmp")
-    vlm.save_pretrained(tmp)
-    cfg.save(tmp)
     if previous:
         step, seconds, log = step + previous["steps"], seconds + previous["seconds"], previous["loss"] + log
-    (tmp / "train_log.json").write_text(json.dumps({"steps": step, "seconds": seconds, "loss": log}))
-    if folder.exists():
-        import shutil
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
+
+    def write(tmp: Path) -> None:
+        vlm.save_pretrained(tmp)
+        cfg.save(tmp)
+        (tmp / "train_log.json").write_text(json.dumps({"steps": step, "seconds": seconds, "loss": log}))
+
+    return save_folder_atomic(folder, write)
 
 
 # -- observations --------------------------------------------------------------------------------
@@ -153,15 +151,15 @@ def dataset_episodes(path: str, policy: VLA0Policy, n: int, steps: int) -> list[
 
 def hf_generate(policy: VLA0Policy, prompts) -> list[str]:
     """The baseline: HF greedy `generate` with the grammar logits processor, batched with left
-    padding (VLA0Policy.generate_text before the fast decoder; inlined so it stays the baseline)."""
-    tok = policy.vlm.tokenizer
+    padding (what ActionDecoder.greedy does with fast=False; inlined so it stays the baseline)."""
+    tok, grammar = policy.vlm.tokenizer, policy.processor.grammar
     batch = collate(prompts, tok.pad_token_id, padding_side="left")
     batch = {k: v.to(policy.device) for k, v in batch.items()}
     width = batch["input_ids"].shape[1]
     out = policy.vlm.model.generate(
-        **batch, logits_processor=[GrammarLogitsProcessor(policy.grammar, width)],
-        max_new_tokens=policy.grammar.max_new_tokens(), do_sample=False, top_k=None, top_p=None,
-        eos_token_id=policy.grammar.end_id, pad_token_id=tok.pad_token_id)
+        **batch, logits_processor=[GrammarLogitsProcessor(grammar, width)],
+        max_new_tokens=grammar.max_new_tokens(), do_sample=False, top_k=None, top_p=None,
+        eos_token_id=grammar.end_id, pad_token_id=tok.pad_token_id)
     return tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
@@ -170,10 +168,10 @@ def model_accuracy(policy: VLA0Policy, episodes) -> dict:
     errs, spread = [], []
     for ep in episodes:
         for frames, task in ep:
-            text = hf_generate(policy, [policy.encoder.prompt(frames, task)])[0]
-            bins = policy.codec.decode(text).bins
+            text = hf_generate(policy, [policy.processor.prompt(frames, task)])[0]
+            bins = policy.processor.codec.decode(text).bins
             theta = math.atan2(frames[0][0, 0, 1] - 128.0, frames[0][0, 0, 0] - 128.0)
-            truth = policy.codec.to_bins(world_chunk(theta, *bins.shape))
+            truth = policy.processor.codec.to_bins(world_chunk(theta, *bins.shape))
             errs.append(np.abs(bins - truth).mean())
             spread.append(bins)
     return {"mean_abs_error_bins": float(np.mean(errs)),
@@ -212,8 +210,19 @@ def make_decoder(policy: VLA0Policy, spec: dict):
     use_prev = spec.pop("use_prev", True)
     if spec.pop("candidates", True) and use_prev:
         use_prev = "candidates"
-    dec = FastDecoder(policy.vlm.model, policy.vlm.tokenizer, policy.grammar, policy.encoder, **spec)
+    dec = FastDecoder(policy.vlm.model, policy.processor.grammar, policy.config.action_dim, policy.processor.pad_id,
+                      **spec)
     return dec, use_prev
+
+
+def one_draft(prev_bins) -> list[int]:
+    """The previous chunk shifted by one step, flattened (a single draft, no alternatives)."""
+    return draft_candidates(prev_bins, 1)[0]
+
+
+def fast_decode(dec: FastDecoder, tok, prompts, drafts) -> list[str]:
+    """The fast decoder's action text per prompt, decoded as the baseline's."""
+    return tok.batch_decode(dec.decode_ids(prompts, drafts), skip_special_tokens=True)
 
 
 def run_methods(policy: VLA0Policy, names: list[str], episodes, batch: int, counter: PassCounter):
@@ -225,21 +234,21 @@ def run_methods(policy: VLA0Policy, names: list[str], episodes, batch: int, coun
     for name in names:
         spec = METHODS[name]
         decoders[name] = (None, False) if spec is None else make_decoder(policy, spec)
-    codec, tok = policy.codec, policy.vlm.tokenizer
+    codec, tok = policy.processor.codec, policy.vlm.tokenizer
     out = {name: ([], 0.0) for name in names}
     for g in range(0, len(episodes), batch):
         group = list(range(g, min(g + batch, len(episodes))))
         prev = {name: {e: None for e in group} for name in names}
         for t in range(min(len(episodes[e]) for e in group)):
-            prompts = [policy.encoder.prompt(*episodes[e][t]) for e in group]
+            prompts = [policy.processor.prompt(*episodes[e][t]) for e in group]
             reference = None
             for name in names:
                 dec, use_prev = decoders[name]
-                make = draft_candidates if use_prev == "candidates" else draft_from_bins
+                make = draft_candidates if use_prev == "candidates" else one_draft
                 drafts = [make(prev[name][e]) if (use_prev and prev[name][e] is not None) else None for e in group]
                 c0 = counter.count
                 t0 = time.perf_counter()
-                texts = hf_generate(policy, prompts) if dec is None else dec.decode(prompts, drafts)
+                texts = hf_generate(policy, prompts) if dec is None else fast_decode(dec, tok, prompts, drafts)
                 dt = time.perf_counter() - t0
                 passes = counter.count - c0
                 records, total = out[name]
@@ -277,7 +286,7 @@ def bench_policy(policy: VLA0Policy, episodes_for, n_episodes: int, steps: int, 
                  label: str, methods: list[str], chunks_per_batch: int = 48) -> dict:
     """episodes_for(n, steps) -> n replay episodes of `steps` consecutive observations."""
     counter = PassCounter(policy.vlm.model)
-    H, D, B = policy.config.horizon, policy.config.action_dim, policy.config.num_bins
+    H, D, B = policy.config.chunk_size, policy.config.action_dim, policy.config.num_bins
     episodes = episodes_for(n_episodes, steps)
     result = {"shape": {"H": H, "D": D, "B": B}, "episodes": len(episodes), "steps_per_episode": steps}
     print(f"[{label}] H={H} D={D} B={B}: {len(episodes)} episodes x {steps} steps", flush=True)
@@ -371,10 +380,7 @@ def bench_real_policy(args, batches: list[int]) -> dict:
 
 
 def write_json(out: Path, result: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.rename(out)
+    write_json_atomic(result, out)
     print(f"wrote {out}")
 
 

@@ -21,9 +21,10 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_quickstart")
     ap.add_argument("--result", default=str(Path(__file__).parent / "results" / "quickstart.json"))
     args = ap.parse_args()
-    from vla0.quickstart import run_quickstart
+    from vla0.io import write_json_atomic
+    from vla0.quickstart import QuickstartConfig, run_quickstart
     t0 = time.perf_counter()
-    results = run_quickstart(Path(args.out), progress=False)
+    results = run_quickstart(QuickstartConfig(out=args.out, progress=False))
     wall = time.perf_counter() - t0
     out = Path(args.out)
     timings = json.loads((out / "timings.json").read_text())
@@ -36,8 +37,7 @@ def main() -> None:
         "mean_success_rate": {k: r["mean_success_rate"] for k, r in results.items()},
         "per_task": {k: {t: v["success_rate"] for t, v in r["tasks"].items()} for k, r in results.items()},
     }
-    Path(args.result).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.result).write_text(json.dumps(report, indent=2))
+    write_json_atomic(report, Path(args.result))
     print(json.dumps(report, indent=2))
 
 

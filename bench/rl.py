@@ -52,12 +52,15 @@ import shutil
 import time
 from pathlib import Path
 
+from vla0.envs import get_env
 from vla0.eval.evaluate import EVAL_SEED, evaluate
-from vla0.eval.report import compare_table, paired_comparison, write_json_atomic
+from vla0.eval.report import compare_table, paired_comparison
+from vla0.io import write_json_atomic
 from vla0.policy.policy import VLA0Policy, resolve_policy_dir
+from vla0.rl.rollout import render_settings
 from vla0.rl.trainer import RLConfig, train_rl
-from vla0.rl.rollout import RolloutSettings, env_render_settings
-from vla0.sim.metaworld_env import check_tasks_and_episodes
+
+ENV = "metaworld"
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -74,28 +77,27 @@ def summary(res: dict) -> dict:
 
 def build_weak_policy(args, work: Path) -> Path:
     """The few-demonstration supervised policy RL starts from: `--demos` expert episodes per task
-    (seeds 0 upward), the embedded tiny model, `--sft-steps` of the quickstart's training recipe,
-    chunks executed open loop (action horizon H, no ensembling), as RL rolls them out. Each
-    phase is skipped when its output exists (a resumed bench reuses it)."""
+    (seeds 0 upward), the embedded tiny model, `--sft-steps` of the "rl-weak" training recipe
+    (the quickstart's, chunks executed open loop: n_action_steps = H, no ensembling, as RL rolls
+    them out). Each phase is skipped when its output exists (a resumed bench reuses it)."""
+    from vla0.envs.collect import collect
     from vla0.model.tiny import init_model
     from vla0.quickstart import QuickstartConfig
-    from vla0.sim.collect import collect
+    from vla0.train.recipes import recipe
     from vla0.train.trainer import TrainConfig, train
     qs = QuickstartConfig()
+    weak = recipe("rl-weak")
     data, model, run = work / "weak" / "data", work / "weak" / "model", work / "weak" / "run"
     if not (data / "meta" / "info.json").exists():
         print(f"[bench rl] collecting {args.demos} demonstrations per task")
-        collect(args.sft_tasks, args.demos, qs.collect_seed, data, cameras=tuple(qs.cameras),
+        collect(args.sft_tasks, args.demos, qs.collect_seed, data, env=ENV, cameras=tuple(weak["cameras"]),
                 image_size=tuple(qs.camera_size), num_workers=args.workers, progress=False)
     if not (model / "config.json").exists():
         init_model("tiny", model)
     if not (run / "policy" / "vla0_policy.json").exists():
         print(f"[bench rl] training the weak policy: {args.sft_steps} steps")
-        train(TrainConfig(model=str(model), dataset=str(data), out=str(run), cameras=qs.cameras, horizon=qs.horizon,
-                          num_bins=qs.num_bins, image_size=qs.image_size, crop_fraction=qs.crop_fraction,
-                          mask_max_frac=qs.mask_max_frac, lr=qs.lr, schedule=qs.schedule,
-                          warmup_steps=qs.warmup_steps, steps=args.sft_steps, batch_size=qs.batch_size,
-                          action_horizon=qs.horizon, ensemble=1, save_every=args.sft_steps, progress=False))
+        train(TrainConfig(model=str(model), dataset=str(data), out=str(run), progress=False,
+                          **recipe("rl-weak", steps=args.sft_steps, save_every=args.sft_steps)))
     return run
 
 
@@ -106,7 +108,7 @@ def sampled_evals(args, source: Path, policy_dir: Path, work: Path, cameras, siz
     t = args.sampled_eval_temperature
     out = {}
     for tag, folder in (("before", source), ("after", policy_dir)):
-        policy = VLA0Policy.from_pretrained(folder, action_horizon=args.action_horizon, ensemble=args.ensemble,
+        policy = VLA0Policy.from_pretrained(folder, n_action_steps=args.n_action_steps, ensemble=args.ensemble,
                                             temperature=t, name=f"{tag} (sampled, T={t:g})")
         torch.manual_seed(args.seed)
         print(f"[bench rl] {tag}, sampled at temperature {t:g}")
@@ -125,9 +127,9 @@ def pair_outcomes(results: dict) -> dict:
 
 
 def run_eval(policy, args, out: Path, cameras, size) -> dict:
-    res = evaluate(policy, args.tasks, args.episodes, seed=args.eval_seed, out=out, cameras=cameras, image_size=size,
-                   num_workers=args.workers, batch_envs=args.batch_envs, max_steps=args.max_steps, videos=args.videos,
-                   progress=True)
+    res = evaluate(policy, args.tasks, args.episodes, seed=args.eval_seed, out=out, env=ENV, cameras=cameras,
+                   image_size=size, num_workers=args.workers, batch_envs=args.batch_envs,
+                   max_episode_steps=args.max_episode_steps, videos=args.videos, progress=True)
     return summary(res)
 
 
@@ -156,11 +158,13 @@ def main():
     ap.add_argument("--loss-tokens", choices=["all", "executed"], default="executed")
     ap.add_argument("--loss-agg", choices=["token-mean", "trajectory-mean"], default="trajectory-mean")
     ap.add_argument("--lora-rank", type=int, default=0)
-    ap.add_argument("--action-horizon", type=int, default=None, help="default: the policy's own")
+    ap.add_argument("--n-action-steps", "--action-horizon", type=int, default=None,
+                    help="steps executed per chunk (default: the policy's own; old name --action-horizon)")
     ap.add_argument("--ensemble", type=int, default=1)
-    ap.add_argument("--max-steps", type=int, default=None, help="held-out episode cap (default: per-task table)")
-    ap.add_argument("--rollout-max-steps", type=int, default=100,
-                    help="RL rollout episode cap (0: the per-task table)")
+    ap.add_argument("--max-episode-steps", "--max-steps", type=int, default=None,
+                    help="held-out episode cap (default: per-task table; old name --max-steps)")
+    ap.add_argument("--rollout-max-episode-steps", "--rollout-max-steps", type=int, default=100,
+                    help="RL rollout episode cap (0: the per-task table; old name --rollout-max-steps)")
     ap.add_argument("--batch-envs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=5, help="learning-curve evaluations (iterations)")
@@ -178,14 +182,14 @@ def main():
     if args.sampled_eval_temperature is None:
         args.sampled_eval_temperature = args.temperature
     # bad names or counts fail here, not after minutes of building the weak policy
-    check_tasks_and_episodes(args.tasks, args.episodes, "bench rl")
-    check_tasks_and_episodes(args.sft_tasks, args.demos, "bench rl (--sft-tasks, --demos)")
+    family = get_env(ENV)
+    family.check_tasks(args.tasks, args.episodes, "bench rl")
+    family.check_tasks(args.sft_tasks, args.demos, "bench rl (--sft-tasks, --demos)")
     work = Path(args.work)
     if args.sampled_eval_only:
         report = json.loads(Path(args.out).read_text())
         native = VLA0Policy.from_pretrained(report["policy"])
-        cameras, size = env_render_settings(native.config, RolloutSettings(action_horizon=args.action_horizon,
-                                                                          ensemble=args.ensemble))
+        cameras, size = render_settings(native.config)
         sampled = sampled_evals(args, Path(report["policy"]), work / "run" / "policy", work, cameras, size)
         report["paired"] = {**report.get("paired", {}), **pair_outcomes(sampled)}
         report.update(sampled)
@@ -201,13 +205,12 @@ def main():
     load_1m = round(os.getloadavg()[0], 2)
 
     source = resolve_policy_dir(args.policy or build_weak_policy(args, work))
-    before = VLA0Policy.from_pretrained(source, action_horizon=args.action_horizon, ensemble=args.ensemble,
+    before = VLA0Policy.from_pretrained(source, n_action_steps=args.n_action_steps, ensemble=args.ensemble,
                                         temperature=0.0, name="before")
     native = VLA0Policy.from_pretrained(source, name="before (policy settings)")
-    settings = RolloutSettings(action_horizon=args.action_horizon or native.config.action_horizon, ensemble=args.ensemble)
-    cameras, size = env_render_settings(native.config, settings)
-    exec_settings = {"action_horizon": settings.action_horizon, "ensemble": args.ensemble}
-    native_settings = {"action_horizon": native.config.action_horizon, "ensemble": native.config.ensemble}
+    cameras, size = render_settings(native.config)
+    exec_settings = {"n_action_steps": args.n_action_steps or native.config.n_action_steps, "ensemble": args.ensemble}
+    native_settings = {"n_action_steps": native.config.n_action_steps, "ensemble": native.config.ensemble}
 
     results = {}
     print(f"[bench rl] before: {args.episodes} episodes/task, execution {exec_settings}")
@@ -221,8 +224,10 @@ def main():
     cfg = RLConfig(policy=str(source), tasks=args.tasks, out=str(work / "run"), group_size=args.group_size,
                    groups_per_batch=args.groups_per_batch, max_groups_factor=args.max_groups_factor,
                    temperature=args.temperature, lr=args.lr, warmup_steps=args.warmup_steps, epochs=args.epochs, minibatches=args.minibatches,
-                   loss_tokens=args.loss_tokens, loss_agg=args.loss_agg, lora_rank=args.lora_rank, action_horizon=args.action_horizon,
-                   ensemble=args.ensemble, max_steps=args.rollout_max_steps or None, eval_max_steps=args.max_steps, batch_envs=args.batch_envs, workers=args.workers,
+                   loss_tokens=args.loss_tokens, loss_agg=args.loss_agg, lora_rank=args.lora_rank,
+                   n_action_steps=args.n_action_steps, ensemble=args.ensemble,
+                   max_episode_steps=args.rollout_max_episode_steps or None,
+                   eval_max_episode_steps=args.max_episode_steps, env=ENV, batch_envs=args.batch_envs, workers=args.workers,
                    rollout_seed=args.rollout_seed, minutes=args.minutes, eval_every=args.eval_every,
                    eval_episodes=args.curve_episodes, eval_seed=args.eval_seed, seed=args.seed, resume=args.resume)
     print(f"[bench rl] RL for {args.minutes} min")
@@ -265,7 +270,7 @@ def main():
                "config": {k: getattr(cfg, k) for k in ("group_size", "groups_per_batch", "max_groups_factor",
                                                        "temperature", "lr", "warmup_steps", "epochs", "minibatches", "loss_tokens", "loss_agg",
                                                        "lora_rank", "clip_low", "clip_high", "rollout_seed",
-                                                       "max_steps")},
+                                                       "max_episode_steps")},
                "run": str(work / "run"), "learning_curve": str(curve)},
         "policy": str(source),
         **({} if args.policy else {"weak_policy": {"demos_per_task": args.demos, "sft_steps": args.sft_steps,

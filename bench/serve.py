@@ -32,7 +32,7 @@ def tiny_policy(folder: Path) -> Path:
     from vla0.config import PolicyConfig
     from vla0.model.tiny import init_model
     init_model("tiny", folder, seed=0)
-    PolicyConfig(action_dim=7, cameras=["front", "wrist"], horizon=8, num_bins=1000, image_size=[64, 64],
+    PolicyConfig(action_dim=7, cameras=["front", "wrist"], chunk_size=8, num_bins=1000, image_size=[64, 64],
                  action_stats={"min": [-1.0] * 7, "max": [1.0] * 7}, ensemble=8).save(folder)
     return folder
 
@@ -148,8 +148,8 @@ def main() -> None:
             proc.terminate()
             proc.join(10)
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from vla0.io import write_text_atomic
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("latency_ms", "throughput")}))
     print(f"wrote {args.out}")
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vla0.eval.report import write_json_atomic
-from vla0.sim.collect import collect
-from vla0.sim.metaworld_env import EnvSpec, MetaWorldEnv
-from vla0.sim.parallel import EnvPool
+from vla0.envs import EnvSpec
+from vla0.envs.collect import collect
+from vla0.envs.metaworld import MetaWorldEnv
+from vla0.envs.pool import EnvPool
+from vla0.io import write_json_atomic
+
+ENV = "metaworld"
 
 
 def pool_steps_per_s(num_workers: int, spec: EnvSpec, steps: int) -> float:
@@ -34,7 +37,7 @@ def pool_steps_per_s(num_workers: int, spec: EnvSpec, steps: int) -> float:
 
 
 def render_ms(size: int, n: int = 50) -> float:
-    env = MetaWorldEnv(EnvSpec("reach-v3", cameras=("corner3",), image_size=(size, size)))
+    env = MetaWorldEnv(EnvSpec(ENV, "reach-v3", cameras=("corner3",), image_size=(size, size)))
     env.reset(0)
     env.render()
     t0 = time.perf_counter()
@@ -50,7 +53,7 @@ def main():
     ap.add_argument("--episodes", type=int, default=4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results/sim.json"))
     args = ap.parse_args()
-    spec = EnvSpec("reach-v3", cameras=("corner3",), image_size=(64, 64))
+    spec = EnvSpec(ENV, "reach-v3", cameras=("corner3",), image_size=(64, 64))
     res = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
                     # other work on the machine slows everything here: record how busy it was
@@ -61,12 +64,13 @@ def main():
             "1_worker": round(pool_steps_per_s(1, spec, args.steps), 1),
             "2_workers": round(pool_steps_per_s(2, spec, args.steps), 1),
         },
-        "env_steps_per_s_no_render": round(pool_steps_per_s(0, EnvSpec("reach-v3", cameras=()), args.steps), 1),
+        "env_steps_per_s_no_render": round(pool_steps_per_s(0, EnvSpec(ENV, "reach-v3", cameras=()), args.steps), 1),
     }
     tmp = Path(tempfile.mkdtemp())
     try:
         t0 = time.perf_counter()
-        out = collect(["reach-v3", "push-v3"], args.episodes, 0, tmp / "demos", cameras=("corner3", "topview"), num_workers=2, progress=False)
+        out = collect(["reach-v3", "push-v3"], args.episodes, 0, tmp / "demos", env=ENV, cameras=("corner3", "topview"),
+                      num_workers=2, progress=False)
         wall = time.perf_counter() - t0
         info = json.loads((out / "meta/info.json").read_text())
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -133,7 +133,7 @@ class RemotePolicy:
         meta = self.metadata
         bounds = meta.get("action_bounds") or {}
         self.executor = ChunkExecutor(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
-                                      int(meta.get("n_action_steps", 1)),
+                                      int(meta.get("n_action_steps", meta.get("action_horizon", 1))),  # protocol 1
                                       (np.asarray(bounds.get("min", -np.inf), np.float32),
                                        np.asarray(bounds.get("max", np.inf), np.float32)))
 

@@ -71,7 +71,7 @@ class Trajectory:
 @dataclass
 class RolloutSettings:
     temperature: float = 1.6
-    n_action_steps: int | None = None  # steps executed per chunk; None: the whole chunk (H)
+    n_action_steps: int | None = None  # steps executed per chunk; None: the policy's own setting
     ensemble: int = 1  # temporal ensembling during rollouts (1 = off)
     ensemble_decay: float = 0.0
     max_episode_steps: int | None = None  # None: the task's default (EnvFamily.max_episode_steps)
@@ -97,7 +97,7 @@ class RolloutWorker:
                  num_workers: int = 2, device: str | torch.device = "cpu"):
         self.model = model
         self.settings = settings
-        config = dataclasses.replace(processor.config, n_action_steps=settings.n_action_steps or processor.config.chunk_size,
+        config = dataclasses.replace(processor.config, n_action_steps=settings.n_action_steps or processor.config.n_action_steps,
                                      ensemble=settings.ensemble, ensemble_decay=settings.ensemble_decay)
         self.config = config
         self.policy = VLA0Policy(VLM(model, processor.tokenizer, processor.image_processor), config, device,

@@ -34,7 +34,7 @@ from vla0.serve.batching import Batcher
 from vla0.serve.validation import ObservationSpec, RequestError
 
 log = logging.getLogger("vla0.serve")
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: metadata says chunk_size and n_action_steps (1: horizon, action_horizon)
 
 
 @dataclass

@@ -26,7 +26,8 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def recipe(name: str) -> dict:
+def recipe(name: str, **overrides) -> dict:
+    """A copy of recipe `name`'s values, with `overrides` replacing some of them."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
-    return dict(RECIPES[name])
+    return {**RECIPES[name], **overrides}
