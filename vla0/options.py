@@ -52,7 +52,7 @@ def _base(tp):
     return tp, False
 
 
-def _kwargs(name: str, tp, f: dataclasses.Field) -> dict:
+def _kwargs(name: str, tp) -> dict:
     tp, _ = _base(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is bool:
@@ -94,7 +94,7 @@ def add_options(parser: argparse.ArgumentParser, cls, exclude=()) -> None:
         if meta.get("group"):
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        kw = _kwargs(f.name, hints[f.name], f)
+        kw = _kwargs(f.name, hints[f.name])
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -21,18 +21,7 @@ from vla0.config import IMAGE_PREFIX
 from vla0.data.lerobot_writer import LeRobotWriter
 from vla0.envs.base import get_env
 from vla0.envs.pool import EnvPool
-from vla0.envs.runner import EpisodeJob, EpisodeResult, EpisodeRunner
-
-
-class EnvExpert:
-    """The environment's scripted expert, as a policy for the episode runner."""
-    name = "expert"
-    needs_images = False
-    acts_in_env = True  # actions come from the env workers, which hold the privileged state
-    malformed_outputs = 0
-
-    def reset(self, env_ids=None) -> None:
-        pass  # state lives in the envs
+from vla0.envs.runner import EnvExpert, EpisodeJob, EpisodeResult, EpisodeRunner
 
 
 def collect(tasks: list[str], episodes: int, seed: int, out: Path, env: str = "metaworld",

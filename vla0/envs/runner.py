@@ -42,6 +42,18 @@ class EpisodeResult:
     actions: list[np.ndarray] = field(default_factory=list)  # if recorded: one per step
 
 
+class EnvExpert:
+    """The environment's scripted expert, as a policy for the runner: its actions come from the
+    env workers, which hold the simulator's privileged state."""
+    name = "expert"
+    needs_images = False
+    acts_in_env = True
+    malformed_outputs = 0
+
+    def reset(self, env_ids=None) -> None:
+        pass  # state lives in the envs
+
+
 def batch_obs(observations: list[dict]) -> dict:
     """Stack per-env observation dicts into one batch dict (strings become lists). Only keys all
     envs share: blind envs (no cameras) may run beside recording ones."""
@@ -65,8 +77,8 @@ class EpisodeRunner:
         self.batch = batch
         self.action_dim = action_dim
 
-    def run(self, jobs: list[EpisodeJob], policy, on_end: Callable[[EpisodeResult], None] | None = None,
-            reset_policy: bool = True) -> list[EpisodeResult]:
+    def run(self, jobs: list[EpisodeJob], policy,
+            on_end: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
         """Every job, results in job order. on_end(result) is called as each episode ends, before
         its slot starts the next one."""
         results: list[EpisodeResult | None] = [None] * len(jobs)
@@ -75,8 +87,7 @@ class EpisodeRunner:
         slot_spec: dict[int, object] = {}
         pool = self.pool
         expert = getattr(policy, "acts_in_env", False)
-        if reset_policy:
-            policy.reset(None)
+        policy.reset(None)
 
         def start(slot: int) -> None:
             i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), pending[0])

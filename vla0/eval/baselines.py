@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from vla0.envs.collect import EnvExpert
+from vla0.envs.runner import EnvExpert
 
 ExpertPolicy = EnvExpert  # the expert acts from the simulator's privileged state, inside the env workers
 

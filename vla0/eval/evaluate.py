@@ -34,7 +34,7 @@ class Policy(Protocol):
 
     # Optional: needs_observation(env_ids) -> list[bool], False where the next select_action will
     # not look at that env's observation (actions queued from a chunk); those frames are not rendered.
-    # Optional: acts_in_env = True for the environment's scripted expert (vla0.envs.collect.EnvExpert).
+    # Optional: acts_in_env = True for the environment's scripted expert (vla0.envs.runner.EnvExpert).
 
 
 def evaluate(
