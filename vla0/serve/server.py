@@ -37,8 +37,8 @@ log = logging.getLogger("vla0.serve")
 # 3: refusals in text frames, sessions execute n_action_steps per chunk; 2: metadata says
 # chunk_size and n_action_steps (1: horizon, action_horizon)
 PROTOCOL_VERSION = 3
-# the error replies name the command-line option that raises the limit
 SERVER_FAULTS = ("inference_error", "internal_error")  # refusals that are not the client's mistake
+# the refusal names the command-line option that raises the limit
 TOO_LARGE = "message of {size} bytes exceeds the server's {limit}-byte limit (vla0 serve --max-message-mb)"
 
 
@@ -104,7 +104,9 @@ class _WebSocket(web.WebSocketResponse):
             message = self.too_big_reason.encode()
         return await super().close(code=code, message=message, drain=drain)
 
-    def _set_code_close_transport(self, code) -> None:  # aiohttp 3.x's one place that drops the socket
+    # aiohttp 3.x's private hook (3.14 here): close() calls it once the close frame is sent;
+    # tests/test_serve.py and tests/test_openpi_client.py fail if that changes
+    def _set_code_close_transport(self, code) -> None:
         if self.close_code == WSCloseCode.MESSAGE_TOO_BIG:
             asyncio.get_running_loop().call_later(self.LINGER_S, super()._set_code_close_transport, code)
         else:
