@@ -232,6 +232,7 @@ def test_http_act(server, policy):
                       (b" " * (LIMIT + 1), 413)]:
         status, reply = http(server.url + "/act", bad)
         assert status == code and reply["error"], bad[:40]
+    assert "--max-message-mb" in http(server.url + "/act", b" " * (LIMIT + 1))[1]["error"]
     assert http(server.url + "/act", json.dumps(body).encode())[0] == 200
 
 

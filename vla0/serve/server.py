@@ -179,8 +179,8 @@ class PolicyServer:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return web.json_response({"error": TOO_LARGE.format(size=request.content_length,
-                                                                limit=self.cfg.max_message_bytes),
+            size = request.content_length or f"more than {self.cfg.max_message_bytes}"  # chunked: unknown
+            return web.json_response({"error": TOO_LARGE.format(size=size, limit=self.cfg.max_message_bytes),
                                       "code": "too_large"}, status=413)
         try:
             try:
