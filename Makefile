@@ -9,12 +9,16 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: quickstart test venv gl clean bench
 
 # torch first, pinned: pip then leaves it alone for everything else. Never torchvision.
+# For the tests: openpi-client without its numpy<2 pin, which its code does not need; ray, the
+# optional extra vla0[ray] (--ray).
 .venv/.ready: pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps openpi-client==0.1.2
+	$(PY) -m pip install -q ray==2.60.0
 	@if $(PY) -c "import torchvision" 2>/dev/null; then echo "torchvision is installed in .venv; remove it (pip uninstall torchvision): it breaks transformers here" >&2; exit 1; fi
 	touch $@
 

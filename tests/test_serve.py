@@ -109,13 +109,14 @@ def test_metadata_and_round_trip(server, client, policy):
     assert (meta["chunk_size"], meta["action_dim"], meta["num_bins"]) == (2, 4, 100)
     assert meta["cameras"] == ["front", "wrist"] and meta["image_size"] == [32, 32]
     assert meta["action_bounds"] == {"min": [-1.0] * 4, "max": [1.0] * 4} and "vla0_version" in meta
+    assert meta["protocol"] == 3 and meta["n_action_steps"] == 1
     assert http(server.url + "/metadata")[1] == meta
     assert http(server.url + "/healthz") == (200, {"status": "ok"})
     obs = make_obs(1)
     reply = client.infer(obs)
     assert reply["actions"].dtype == np.float32 and reply["actions"].shape == (2, 4)
     assert reply["actions"].tobytes() == in_process(policy, obs).tobytes()
-    assert reply["server_timing"]["infer_ms"] > 0
+    assert reply["server_timing"]["infer_ms"] > 0 and reply["inferred"] and reply["chunk_step"] == 0
 
 
 def test_session_ensembling_and_reset(client, policy):
@@ -182,25 +183,33 @@ def test_bad_inputs_keep_the_connection(server, policy):
                 c.infer(make(good))
             assert e.value.code == code, (name, str(e.value))
             assert np.array_equal(c.infer(good)["actions"], expected), name
-    # malformed msgpack, a bad array header and text frames, on a raw socket
+    # malformed msgpack, a bad array header and text frames, on a raw socket: refusals come back
+    # as text frames "<code>: <message>" (openpi's client raises RuntimeError on text frames)
     with connect(server.url, compression=None, legacy=True) as ws:
         ws.recv()
         for raw, code in ((b"\xc1\xff", "bad_msgpack"),
                           (msgpack.packb({"__ndarray__": True, "data": b"x", "dtype": "|O", "shape": [1]}), "bad_msgpack"),
-                          ("{\"task\": \"x\"}", "bad_message")):
+                          ("{\"task\": \"x\"}", "bad_message"),
+                          (b"\0" * (LIMIT + 1), "too_large")):
             ws.send(raw)
-            reply = protocol.unpackb(ws.recv())
-            assert reply["code"] == code and reply["error"], raw
+            reply = ws.recv()
+            assert isinstance(reply, str) and protocol.parse_error_frame(reply)[0] == code, (raw[:20], reply)
+        assert "--max-message-mb" in reply and str(LIMIT) in reply  # the limit, and how to raise it
         ws.send(protocol.packb(good))
         assert np.array_equal(protocol.unpackb(ws.recv())["actions"], expected)
-    # above 4x the limit aiohttp drops the connection; the server keeps serving others
+    # above 4x the limit the frame is not read: a close frame 1009 says why, even while the
+    # client is still sending (aiohttp alone reset the connection: "no close frame received")
     with connect(server.url, compression=None, max_size=None, legacy=True) as ws:
         ws.recv()
-        ws.send(b"\0" * (4 * LIMIT + 1))
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as e:
+            ws.send(b"\0" * (100 << 20))  # 100 MB, as a new user sent it
             ws.recv(timeout=10)
+    assert e.value.rcvd.code == 1009 and "--max-message-mb" in e.value.rcvd.reason, e.value
     with PolicyClient(server.url) as c:
-        assert np.array_equal(c.infer(good)["actions"], expected)
+        with pytest.raises(ServerError) as e:
+            c.infer({**good, FRONT: np.zeros((4 * LIMIT,), np.uint8)})
+        assert e.value.code == "too_large"
+        assert np.array_equal(c.infer(good)["actions"], expected)  # reconnected
 
 
 def _png(image: np.ndarray, fmt: str = "PNG") -> str:
@@ -223,6 +232,7 @@ def test_http_act(server, policy):
                       (b" " * (LIMIT + 1), 413)]:
         status, reply = http(server.url + "/act", bad)
         assert status == code and reply["error"], bad[:40]
+    assert "--max-message-mb" in http(server.url + "/act", b" " * (LIMIT + 1))[1]["error"]
     assert http(server.url + "/act", json.dumps(body).encode())[0] == 200
 
 
@@ -276,17 +286,44 @@ def test_client_disconnects_mid_request(server, policy):
     assert server.server.batcher.sessions == 0
 
 
-def test_remote_policy_matches_in_process(server, tiny_policy_dir):
-    local = VLA0Policy.from_pretrained(tiny_policy_dir)
-    remote = RemotePolicy(server.url)
-    for step in range(3):
-        rows = [make_obs(200 + 10 * env + step) for env in range(3)]
-        obs = {k: np.stack([r[k] for r in rows]) for k in (FRONT, WRIST)}
-        obs["task"] = [r["task"] for r in rows]
-        if step == 2:
-            remote.reset([1]), local.reset([1])
-        assert np.allclose(remote.select_action(obs, [0, 1, 2]), local.select_action(obs, [0, 1, 2]), atol=1e-6)
-    remote.close()
+@pytest.mark.parametrize("n_action_steps", [1, 2])
+def test_remote_policy_matches_in_process(tiny_policy_dir, n_action_steps):
+    local = VLA0Policy.from_pretrained(tiny_policy_dir, n_action_steps=n_action_steps)
+    served = VLA0Policy.from_pretrained(tiny_policy_dir, n_action_steps=n_action_steps)
+    rows_decoded, predict = [], served.predict_action_chunk
+    served.predict_action_chunk = lambda obs: rows_decoded.append(len(obs["task"])) or predict(obs)
+    with ServerThread(PolicyServer(served, ServeConfig(port=0))) as s:
+        remote = RemotePolicy(s.url)
+        for step in range(4):
+            rows = [make_obs(200 + 10 * env + step) for env in range(3)]
+            obs = {k: np.stack([r[k] for r in rows]) for k in (FRONT, WRIST)}
+            obs["task"] = [r["task"] for r in rows]
+            if step == 2:
+                remote.reset([1]), local.reset([1])
+            assert np.allclose(remote.select_action(obs, [0, 1, 2]), local.select_action(obs, [0, 1, 2]), atol=1e-6)
+        remote.close()
+    # the server decoded exactly the chunks the client's executor asked for: every step, or steps 0 and 2
+    assert sum(rows_decoded) == (12 if n_action_steps == 1 else 6)
+
+
+def test_session_executes_n_action_steps_without_the_model(tiny_policy_dir):
+    """A policy that runs 2 steps per chunk: the server answers every other request from the
+    session's chunk, exactly as VLA0Policy.select_action does in process."""
+    local = VLA0Policy.from_pretrained(tiny_policy_dir, n_action_steps=2)
+    served = VLA0Policy.from_pretrained(tiny_policy_dir, n_action_steps=2)
+    with ServerThread(PolicyServer(served, ServeConfig(port=0))) as s, PolicyClient(s.url) as c:
+        assert c.metadata["n_action_steps"] == 2
+        for step in range(5):
+            obs = make_obs(300 + step)
+            reply = c.infer(obs)
+            expected = local.select_action({k: [v] if k == "task" else v[None] for k, v in obs.items()}, [0])[0]
+            assert np.allclose(reply["action"], expected, atol=1e-6), step
+            assert (reply["inferred"], reply["chunk_step"]) == (step % 2 == 0, step % 2), step
+            assert (reply["server_timing"]["batch_size"] > 0) == reply["inferred"]
+        assert s.server.batcher.calls == 3
+        assert c.infer(make_obs(400), new_chunk=True)["inferred"]  # forced, mid-chunk
+        c.reset()
+        assert c.infer(make_obs(401))["inferred"]
 
 
 def test_cli_parser():

@@ -49,14 +49,18 @@ def test_resume_continues_exactly_where_a_run_stopped(tiny_model_dir, dataset, t
     straight = Trainer(config(tiny_model_dir, dataset, tmp_path / "a"))
     straight.train()
     first = Trainer(config(tiny_model_dir, dataset, tmp_path / "b", steps=10))
-    first.train()  # stands for a run killed after its step-10 checkpoint
+    first.train()  # stands for a run killed after its step-10 checkpoint, at step 13:
+    log = tmp_path / "b" / "train_log.jsonl"
+    log.write_text(log.read_text() + "".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in (11, 12, 13))
+                   + '{"step": 14, "lo')  # steps the checkpoint did not keep, and a row cut off by the kill
     resumed = Trainer(config(tiny_model_dir, dataset, tmp_path / "b", resume=True))
     assert resumed.step == 10
     resumed.train()
     a = load_file(tmp_path / "a" / "policy" / "model.safetensors")
     b = load_file(tmp_path / "b" / "policy" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 20
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))  # steps 11-13 logged once, by the resumed run
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["latest", "step-0000010", "step-0000020"]
     assert not list((tmp_path / "b" / "checkpoints").glob(".tmp*"))

@@ -9,7 +9,11 @@ from vla0.options import add_options, build
 
 def config_from_args(args: argparse.Namespace):
     from vla0.rl.trainer import RLConfig
-    return build(RLConfig, args)
+    cfg = build(RLConfig, args)
+    if cfg.ray is not None:
+        from vla0.envs.ray_pool import require_ray
+        require_ray()  # before loading any model
+    return cfg
 
 
 def run(args: argparse.Namespace) -> None:
@@ -18,6 +22,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from vla0.envs.ray_pool import add_ray_argument
     from vla0.rl.trainer import RLConfig
     p = sub.add_parser(
         "rl", help="online RL (GRPO, 0/1 success reward) from a supervised policy",
@@ -26,4 +31,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "dynamic sampling. Writes OUT/rl_log.jsonl, OUT/learning_curve.png, OUT/checkpoints/ and "
                     "OUT/policy (loads like any policy). See docs/rl.md.")
     add_options(p, RLConfig)
+    add_ray_argument(p, "the rollout workers")
     p.set_defaults(func=run)

@@ -49,8 +49,9 @@ class EvalConfig:
     max_episode_steps: int | None = option(None, "episode cap (default: the env's per-task cap)",
                                            aliases=("--max-steps",))
     videos: int = option(2, "rollout videos per task")
-    workers: int = option(2, "env worker processes")
+    workers: int = option(2, "env worker processes (with --ray: Ray actors)")
     batch_envs: int | None = option(None, "episodes run in lockstep (one batched model call)")
+    ray: str | None = option(None, "Ray cluster address for the env slots (--ray [ADDRESS])", cli=False)
     visible_goal: bool = option(True, "Meta-World: a larger green goal marker (must match the demonstrations)")
     progress: bool = option(True, "progress bar")
 
@@ -99,6 +100,9 @@ def cmd_eval(args) -> None:
     cfg = build(EvalConfig, args)
     family = get_env(cfg.env)
     family.check_tasks(cfg.tasks, cfg.episodes, "eval")  # before loading any model
+    if cfg.ray is not None:
+        from vla0.envs.ray_pool import require_ray
+        require_ray()
     if not cfg.server and cfg.policy is None:
         raise ValueError("give --policy RUN_DIR|random|expert or --server ws://HOST:PORT")
     policy, trained_on = load_eval_policy(cfg, family)
@@ -112,7 +116,7 @@ def cmd_eval(args) -> None:
                            cameras=tuple(cameras or family.default_cameras[:1]), image_size=tuple(size or (64, 64)),
                            num_workers=cfg.workers, batch_envs=cfg.batch_envs,
                            max_episode_steps=cfg.max_episode_steps, videos=cfg.videos, progress=cfg.progress,
-                           **env_options(cfg, family))
+                           ray=cfg.ray, **env_options(cfg, family))
     finally:
         if hasattr(policy, "close"):
             policy.close()
@@ -127,6 +131,7 @@ def cmd_quickstart(args) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from vla0.envs.ray_pool import add_ray_argument
     from vla0.quickstart import QuickstartConfig
 
     p = sub.add_parser("collect", help="record scripted-expert demonstrations as a LeRobotDataset v3.0")
@@ -135,6 +140,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="closed-loop success rate on held-out seeds")
     add_options(p, EvalConfig)
+    add_ray_argument(p, "the environment slots")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quickstart", help="collect, train and evaluate on Meta-World in ~20 min on a CPU")

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla0.envs.base import get_env
-from vla0.envs.pool import EnvPool
+from vla0.envs.ray_pool import open_pool
 from vla0.envs.runner import EpisodeJob, EpisodeRunner
 from vla0.eval.report import format_table, plot_results, save_rollout_video, wilson_interval
 from vla0.io import write_json_atomic
@@ -51,9 +51,12 @@ def evaluate(
     max_episode_steps: int | None = None,
     videos: int = 2,
     progress: bool = True,
+    ray: str | None = None,
     **env_options,
 ) -> dict:
-    """Evaluate `policy` on `episodes` seeds per task; writes out/results.json, success.png, videos/."""
+    """Evaluate `policy` on `episodes` seeds per task; writes out/results.json, success.png, videos/.
+    ray: run the env slots on Ray actors (num_workers of them) at this address ("": $RAY_ADDRESS
+    or a local instance); None: local worker processes. The policy runs here either way."""
     family = get_env(env)
     tasks = list(tasks)
     family.check_tasks(tasks, episodes, "evaluate")
@@ -76,7 +79,7 @@ def evaluate(
     per_task, records = {}, []
     t0 = time.time()
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {policy.name}", unit="ep", disable=not progress)
-    with EnvPool(num_workers) as pool:
+    with open_pool(num_workers, ray) as pool:
         runner = EpisodeRunner(pool, batch, family.action_dim)
         for task in tasks:
             jobs = [EpisodeJob(full[task] if (policy.needs_images or e < videos) else blind[task], seeds[e],

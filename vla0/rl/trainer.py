@@ -29,7 +29,7 @@ from vla0.rl.curves import plot_rl_curve
 from vla0.rl.grpo import dynamic_sampling, group_advantages
 from vla0.rl.learner import LOSS_AGGREGATIONS, Learner
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory
-from vla0.train.checkpoint import TRAINER_STATE, latest_checkpoint, save_checkpoint
+from vla0.train.checkpoint import TRAINER_STATE, drop_log_after, latest_checkpoint, save_checkpoint
 
 LOG_FILE = "rl_log.jsonl"
 CONFIG_FILE = "rl_config.json"
@@ -73,7 +73,9 @@ class RLConfig:
                                            "near the successes' length saves the time failures spend running "
                                            "out the clock", aliases=("--max-steps",), group="rollouts")
     batch_envs: int = option(16, "episodes in lockstep (one batched model call)", group="rollouts")
-    workers: int = option(2, "env worker processes", group="rollouts")
+    workers: int = option(2, "env worker processes (with --ray: rollout actors, each with its own envs)",
+                          group="rollouts")
+    ray: str | None = option(None, "Ray cluster address for the rollout workers (--ray [ADDRESS])", cli=False)
     cameras: list[str] | None = option(None, "default: the policy's cameras", group="rollouts")
     image_size: list[int] | None = option(None, "rendered HxW (default: as trained)", group="rollouts")
     visible_goal: bool = option(True, "Meta-World: a larger green goal marker (as the demos were collected)",
@@ -170,8 +172,13 @@ class RLTrainer:
                                    image_size=tuple(cfg.image_size) if cfg.image_size else None,
                                    env_options=cfg.env_options())
         self.settings = settings
-        self.worker = RolloutWorker(model, self.processor, settings, pool=pool, num_workers=cfg.workers,
-                                    device=self.device)
+        if cfg.ray is not None:  # rollout workers on Ray actors; they start from the source policy
+            from vla0.rl.ray_rollout import RayRolloutWorkers
+            self.worker = RayRolloutWorkers(self.source, settings, self.lora_kwargs() if cfg.lora_rank else None,
+                                            num_actors=cfg.workers, address=cfg.ray)
+        else:
+            self.worker = RolloutWorker(model, self.processor, settings, pool=pool, num_workers=cfg.workers,
+                                        device=self.device)
         used_rows = min(config.chunk_size, cfg.ensemble * n_action_steps)
         self.learner = Learner(model, self.processor, lr=cfg.lr, betas=cfg.betas,
                                weight_decay=cfg.weight_decay, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
@@ -188,6 +195,7 @@ class RLTrainer:
             self.learner.load_state_dict(state["learner"])
             self.iteration, self.next_group = state["iteration"], state["next_group"]
             torch.set_rng_state(state["torch_rng"])
+            drop_log_after(self.out / LOG_FILE, "iteration", self.iteration)  # later ones run again
         self.cameras, self.image_size = self.worker.cameras, self.worker.image_size
 
     def lora_kwargs(self) -> dict:
@@ -296,6 +304,7 @@ class RLTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.worker.set_weights(self.learner.weights())
+        weights_seconds = time.perf_counter() - t0  # to Ray actors through the object store, or a self-copy
         trajs, info = self.collect()
         t1 = time.perf_counter()
         rewards = [t.reward for t in trajs]
@@ -310,7 +319,7 @@ class RLTrainer:
                "loss": stats.get("loss"), "grad_norm": stats.get("grad_norm"),
                "optimizer_steps": stats.get("optimizer_steps", 0), "update_samples": stats.get("samples", 0),
                "loss_tokens": stats.get("loss_tokens", 0), "lr": stats.get("lr", cfg.lr),
-               "rollout_seconds": t1 - t0, "update_seconds": t2 - t1,
+               "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, "weights_seconds": weights_seconds,
                "model_seconds": self.worker.stats["model_seconds"], "env_seconds": self.worker.stats["env_seconds"]}
         self.worker.stats.update(model_seconds=0.0, env_seconds=0.0)
         if not trajs:

@@ -25,16 +25,21 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from vla0.policy.executor import ChunkExecutor
 from vla0.options import option
+from vla0.policy.executor import ChunkExecutor
 from vla0.serve import protocol
 from vla0.serve.batching import Batcher
 from vla0.serve.validation import ObservationSpec, RequestError
 
 log = logging.getLogger("vla0.serve")
-PROTOCOL_VERSION = 2  # 2: metadata says chunk_size and n_action_steps (1: horizon, action_horizon)
+# 3: refusals in text frames, sessions execute n_action_steps per chunk; 2: metadata says
+# chunk_size and n_action_steps (1: horizon, action_horizon)
+PROTOCOL_VERSION = 3
+SERVER_FAULTS = ("inference_error", "internal_error")  # refusals that are not the client's mistake
+# the refusal names the command-line option that raises the limit
+TOO_LARGE = "message of {size} bytes exceeds the server's {limit}-byte limit (vla0 serve --max-message-mb)"
 
 
 @dataclass
@@ -62,18 +67,50 @@ def vla0_version() -> str:
 
 
 class Session:
-    """Per-connection state: its own chunk executor (ensembling history), so sessions never mix."""
+    """Per-connection state: its own chunk executor, so sessions never mix. A request is one
+    step: the executor asks for a new chunk every n_action_steps steps, as VLA0Policy's does, and
+    the steps between are answered from the stored chunks without a model call."""
     _ids = itertools.count()
 
     def __init__(self, config):
         self.id = next(self._ids)
-        # one chunk per request: the executor adds it and hands out this step's ensembled action
-        self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, None, config.action_bounds)
+        self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, config.n_action_steps,
+                                      config.action_bounds)
+        self.chunk: np.ndarray | None = None  # the newest chunk, sent as "actions"
         self.state_dim: int | None = None
 
     def reset(self) -> None:
         self.executor.reset()
+        self.chunk = None
         self.state_dim = None
+
+
+class _WebSocket(web.WebSocketResponse):
+    """aiohttp's WebSocket, refusing an oversized frame so that the client learns why.
+
+    aiohttp answers a frame above max_msg_size with close 1009 and then closes the TCP
+    connection at once, while the client is still sending that frame: the unread bytes make the
+    kernel reset the connection, which destroys the close frame before the client reads it (the
+    client sees "no close frame received or sent"). Here the close frame names the limit, and the
+    connection is closed LINGER_S later; aiohttp discards what arrives meanwhile."""
+    LINGER_S = 1.0
+
+    def __init__(self, max_message_bytes: int):
+        super().__init__(max_msg_size=4 * max_message_bytes, compress=False, heartbeat=30)
+        self.too_big_reason = f"above {4 * max_message_bytes} bytes; limit {max_message_bytes} (--max-message-mb)"
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = self.too_big_reason.encode()
+        return await super().close(code=code, message=message, drain=drain)
+
+    # aiohttp 3.x's private hook (3.14 here): close() calls it once the close frame is sent;
+    # tests/test_serve.py and tests/test_openpi_client.py fail if that changes
+    def _set_code_close_transport(self, code) -> None:
+        if self.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+            asyncio.get_running_loop().call_later(self.LINGER_S, super()._set_code_close_transport, code)
+        else:
+            super()._set_code_close_transport(code)
 
 
 class PolicyServer:
@@ -142,7 +179,8 @@ class PolicyServer:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return web.json_response({"error": f"request exceeds {self.cfg.max_message_bytes} bytes",
+            size = request.content_length or f"more than {self.cfg.max_message_bytes}"  # chunked: unknown
+            return web.json_response({"error": TOO_LARGE.format(size=size, limit=self.cfg.max_message_bytes),
                                       "code": "too_large"}, status=413)
         try:
             try:
@@ -160,9 +198,8 @@ class PolicyServer:
             finally:
                 self.batcher.sessions -= 1
         except RequestError as e:
-            return web.json_response(e.reply(), status=400)
-        status = 500 if "error" in reply else 200
-        return web.json_response(protocol.to_jsonable(reply), status=status)
+            return web.json_response(e.reply(), status=500 if e.code in SERVER_FAULTS else 400)
+        return web.json_response(protocol.to_jsonable(reply))
 
     def _json_image(self, key, value) -> np.ndarray:
         try:
@@ -172,9 +209,9 @@ class PolicyServer:
 
     # -- WebSocket ------------------------------------------------------------------------------
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        # aiohttp closes the socket on frames above max_msg_size; we answer anything between our
-        # limit and 4x it with an error reply, keeping the connection, and never buffer more
-        ws = web.WebSocketResponse(max_msg_size=4 * self.cfg.max_message_bytes, compress=False, heartbeat=30)
+        # frames above 4x our limit are refused with close 1009 (see _WebSocket) before they are
+        # buffered; between the limit and 4x it they get an error reply, keeping the connection
+        ws = _WebSocket(self.cfg.max_message_bytes)
         if not ws.can_prepare(request).ok:
             return web.json_response({"error": "this endpoint speaks WebSocket (msgpack); see GET /metadata",
                                       "code": "not_websocket"}, status=400)
@@ -190,12 +227,17 @@ class PolicyServer:
                 if msg.type == WSMsgType.BINARY:
                     reply = await self._message(msg.data, session, received)
                 elif msg.type == WSMsgType.TEXT:
-                    reply = RequestError("bad_message", "send msgpack in binary frames, not text").reply()
-                else:  # ERROR (e.g. a frame above the hard limit): aiohttp closes the socket
+                    reply = RequestError("bad_message", "send msgpack in binary frames, not text")
+                else:  # ERROR (e.g. a frame above the hard limit): aiohttp has sent the close frame
+                    if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                        await asyncio.sleep(ws.LINGER_S)  # returning would close the socket now
                     break
                 if ws.closed:  # the client left while its request ran
                     break
-                await ws.send_bytes(protocol.packb(reply))
+                if isinstance(reply, RequestError):  # a text frame: openpi's client raises on it
+                    await ws.send_str(protocol.error_frame(reply.code, str(reply)))
+                else:
+                    await ws.send_bytes(protocol.packb(reply))
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -204,49 +246,59 @@ class PolicyServer:
             log.info("session %d closed", session.id)
         return ws
 
-    async def _message(self, data: bytes, session: Session, received: float) -> dict:
+    async def _message(self, data: bytes, session: Session, received: float) -> dict | RequestError:
         try:
             if len(data) > self.cfg.max_message_bytes:
-                raise RequestError("too_large", f"message of {len(data)} bytes exceeds the "
-                                                f"{self.cfg.max_message_bytes}-byte limit")
+                raise RequestError("too_large", TOO_LARGE.format(size=len(data), limit=self.cfg.max_message_bytes))
             try:
                 raw = protocol.unpackb(data)
             except protocol.ProtocolError as e:
                 raise RequestError("bad_msgpack", str(e)) from None
-            if isinstance(raw, dict) and (raw.get("type") == "reset" or raw.get("reset") is True):
-                session.reset()
-                return {"reset": True}
-            if isinstance(raw, dict) and raw.get("type") == "infer":
-                raw = {k: v for k, v in raw.items() if k != "type"}
-            return await self._infer(raw, session, received)
+            new_chunk = False
+            if isinstance(raw, dict):
+                if raw.get("type") == "reset" or raw.get("reset") is True:
+                    session.reset()
+                    return {"reset": True}
+                if raw.get("type") == "infer":
+                    del raw["type"]
+                new_chunk = raw.pop("new_chunk", False) is True
+            return await self._infer(raw, session, received, new_chunk)
         except RequestError as e:
-            return e.reply()
+            return e
         except Exception as e:  # a server bug must not take the connection down with it
             log.exception("session %d: unexpected error", session.id)
-            return {"error": f"internal error: {type(e).__name__}", "code": "internal_error"}
+            return RequestError("internal_error", f"internal error: {type(e).__name__}")
 
     # -- inference ------------------------------------------------------------------------------
-    async def _infer(self, raw, session: Session | None, received: float) -> dict:
+    async def _infer(self, raw, session: Session | None, received: float, new_chunk: bool = False) -> dict:
+        """One step of a session (or a stateless /act request): validate, run the model when a new
+        chunk is due (or asked for), and execute the session's chunks for this step."""
         obs = self.spec.parse(raw, session.state_dim if session else None)
-        try:
-            result = await self.batcher.submit(obs)
-        except Exception as e:
-            log.exception("inference failed")
-            return {"error": f"inference failed: {type(e).__name__}: {e}", "code": "inference_error"}
-        chunk = result.chunk
+        due = session is None or new_chunk or session.executor.needs_chunk(0)
+        timing = {"queue_ms": 0.0, "infer_ms": 0.0, "batch_size": 0}
+        if due:
+            try:
+                result = await self.batcher.submit(obs)
+            except Exception as e:
+                log.exception("inference failed")
+                raise RequestError("inference_error", f"inference failed: {type(e).__name__}: {e}") from None
+            timing = {"queue_ms": result.queue_ms, "infer_ms": result.infer_ms, "batch_size": result.batch_size}
         if session is None:
-            action = np.clip(chunk[0], *self.policy.config.action_bounds)
+            chunk, step, action = result.chunk, 0, np.clip(result.chunk[0], *self.policy.config.action_bounds)
         else:
             if obs.state is not None:
                 session.state_dim = obs.state.shape[0]
-            session.executor.add(0, chunk)
+            if due:
+                session.executor.add(0, result.chunk)
+                session.chunk = result.chunk
+            chunk, step = session.chunk, session.executor.steps_since_chunk(0)
             action = session.executor.pop(0)
         return {
-            "actions": chunk.astype(np.float32),
             "action": action.astype(np.float32),
-            "server_timing": {"queue_ms": result.queue_ms, "infer_ms": result.infer_ms,
-                              "total_ms": (time.perf_counter() - received) * 1000,
-                              "batch_size": result.batch_size},
+            "actions": chunk.astype(np.float32),  # the chunk action comes from; row chunk_step is this step's
+            "chunk_step": step,
+            "inferred": due,
+            "server_timing": {**timing, "total_ms": (time.perf_counter() - received) * 1000},
         }
 
     # -- running --------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ MAX_STATE_DIM = 4096
 
 
 class RequestError(ValueError):
-    """A client mistake: reported to that client, never fatal to the server or the connection."""
+    """A refused request (a client mistake, or a failed inference): reported to that client, never
+    fatal to the server or the connection."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

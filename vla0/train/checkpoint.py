@@ -4,6 +4,7 @@ names the newest complete one, so a killed run never leaves a half-written check
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -33,3 +34,20 @@ def save_checkpoint(run_dir: Path, step: int, write, keep: int = 2) -> Path:
     for p in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return folder
+
+
+def drop_log_after(path: Path, key: str, last: int) -> None:
+    """Keep the rows of a JSON-lines log whose `key` is at most `last`: a run killed after its
+    checkpoint at `last` resumes from there and logs the later steps again, which must then
+    appear once. A row cut off by the kill (not valid JSON) goes too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get(key, last) <= last:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))

@@ -29,7 +29,7 @@ from vla0.model.vlm import check_model_folder, load_vlm
 from vla0.options import option
 from vla0.processor import ActionProcessor
 from vla0.prompt import collate
-from vla0.train.checkpoint import TRAINER_STATE, latest_checkpoint, save_checkpoint
+from vla0.train.checkpoint import TRAINER_STATE, drop_log_after, latest_checkpoint, save_checkpoint
 
 NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 
@@ -166,6 +166,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
+            if self.acc.is_main_process:  # steps after the checkpoint are trained (and logged) again
+                drop_log_after(self.out / "train_log.jsonl", "step", self.step)
 
     # -- data -----------------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:

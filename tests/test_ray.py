@@ -1,0 +1,106 @@
+"""Evaluation and RL rollouts on Ray (`--ray`), on a local Ray instance this module starts
+(ray.init(num_cpus=2): loopback only). Ray is the optional extra vla0[ray]."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from vla0.cli import main
+from vla0.envs.base import get_env
+from vla0.envs.pool import EnvPool
+from vla0.envs.ray_pool import RayEnvPool
+from vla0.envs.runner import EpisodeJob, EpisodeRunner
+from vla0.eval.baselines import ExpertPolicy
+from vla0.eval.evaluate import evaluate
+from vla0.policy.policy import VLA0Policy
+from vla0.rl.rollout import RolloutJob, RolloutWorker
+from vla0.rl.trainer import RLConfig, RLTrainer
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # the actors import this checkout's code, as the driver does
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def test_expert_evaluation_on_ray_equals_the_local_pool(local_ray, tmp_path):
+    kw = dict(seed=10_000, cameras=(), batch_envs=3, videos=0, progress=False)
+    local = evaluate(ExpertPolicy(), ["reach-v3"], 5, out=tmp_path / "local", num_workers=0, **kw)
+    on_ray = evaluate(ExpertPolicy(), ["reach-v3"], 5, out=tmp_path / "ray", num_workers=2, ray="", **kw)
+    episodes = lambda res: [(e["task"], e["seed"], e["success"], e["steps"]) for e in res["episodes"]]  # noqa: E731
+    assert episodes(on_ray) == episodes(local)
+    assert len({e[3] for e in episodes(local)}) > 1  # episodes of different lengths: a real comparison
+
+
+def test_policy_episodes_on_ray_are_the_local_ones_frame_for_frame(local_ray, metaworld_policy_dir):
+    """The policy in the driver, the env slots in 2 Ray actors: the same seeds give the same
+    rendered frames, actions and outcomes as the local process pool (greedy decoding)."""
+    policy = VLA0Policy.from_pretrained(metaworld_policy_dir)
+    spec = get_env("metaworld").spec("reach-v3", ("corner3",), (32, 32), 6)
+    jobs = [EpisodeJob(spec, 10_000 + i, record=True) for i in range(3)]  # 3 episodes in 2 slots
+    with EnvPool(0) as pool:
+        local = EpisodeRunner(pool, 2, 4).run(jobs, policy)
+    with RayEnvPool(2) as pool:
+        on_ray = EpisodeRunner(pool, 2, 4).run(jobs, policy)
+    for a, b in zip(local, on_ray):
+        assert (a.slot, a.success, a.steps) == (b.slot, b.success, b.steps)
+        assert np.array_equal(np.stack(a.actions), np.stack(b.actions))
+        for oa, ob in zip(a.observations, b.observations):
+            assert np.array_equal(oa["observation.images.corner3"], ob["observation.images.corner3"])
+
+
+def test_one_rl_iteration_on_ray(local_ray, metaworld_policy_dir, tmp_path):
+    cfg = RLConfig(policy=str(metaworld_policy_dir), tasks=["reach-v3"], out=str(tmp_path / "rl"), group_size=2,
+                   groups_per_batch=2, max_groups_factor=1.0, max_episode_steps=3, iterations=1, lr=1e-3,
+                   batch_envs=2, workers=2, ray="", progress=False)
+    trainer = RLTrainer(cfg)
+    row = trainer.step()  # 2 actors, 2 groups of 2 rollouts, an update if a group had mixed outcomes
+    assert row["episodes"] == 4 and row["env_steps"] == 12 and row["policy_calls"] == 12
+    assert row["weights_seconds"] > 0 and row["model_seconds"] > 0 and row["env_seconds"] > 0
+    # new weights reach the actors through the object store: their rollouts are then exactly a
+    # local worker's with those weights (and not the ones the actors started from)
+    jobs = [RolloutJob(0, "reach-v3", 7, 2), RolloutJob(1, "reach-v3", 8, 2)]
+    seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(1)).tolist()
+    worker = RolloutWorker.from_policy(metaworld_policy_dir, trainer.settings, num_workers=0)
+
+    def local_tokens():
+        trajs = [t for job, seed in zip(jobs, seeds) for t in worker.run([job], torch.Generator().manual_seed(seed))]
+        return [s.tokens for t in trajs for s in t.steps]
+
+    worker.set_weights(trainer.learner.weights())
+    before = local_tokens()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in trainer.model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    trainer.worker.set_weights(trainer.learner.weights())
+    remote = trainer.worker.run(jobs, torch.Generator().manual_seed(1))
+    worker.set_weights(trainer.learner.weights())
+    after = local_tokens()
+    worker.close()
+    trainer.worker.close()
+    assert [(t.group, t.index) for t in remote] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [s.tokens for t in remote for s in t.steps] == after != before
+
+
+def test_ray_option_and_the_message_without_ray(tmp_path, monkeypatch, capsys):
+    from vla0.cli import build_parser
+    from vla0.cli.sim import EvalConfig
+    from vla0.options import build
+    parse = build_parser().parse_args
+    base = ["eval", "--policy", "expert", "--tasks", "reach-v3", "--out", str(tmp_path)]
+    assert build(EvalConfig, parse(base)).ray is None
+    assert build(EvalConfig, parse(base + ["--ray"])).ray == ""
+    assert build(EvalConfig, parse(base + ["--ray", "10.0.0.1:6379"])).ray == "10.0.0.1:6379"
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    for argv in (base + ["--ray"], ["rl", "--policy", str(tmp_path), "--tasks", "reach-v3", "--out",
+                                    str(tmp_path / "rl"), "--iterations", "1", "--ray", "auto"]):
+        assert main(argv) == 2
+        assert "pip install 'vla0[ray]'" in capsys.readouterr().err
