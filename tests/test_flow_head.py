@@ -132,6 +132,7 @@ def test_flow_policy_round_trip_select_action_and_serving(run, dataset):
     assert loaded.select_action(two).shape == (2, 4)
     with ServerThread(PolicyServer(loaded, ServeConfig(port=0, max_wait_ms=5))) as server, \
             PolicyClient(server.url) as client:
+        assert client.metadata["head"] == "flow"
         reply = client.infer({FRONT: synthetic_frame(2), "task": TASKS[0]})
         assert reply["actions"].shape == (2, 4) and np.isfinite(reply["actions"]).all()
 
