@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from synthetic import TASKS, synthetic_frame, write_synthetic_dataset
 from vla0.cli import main as cli
 from vla0.client import PolicyClient
-from vla0.config import PolicyConfig, stats_to_lists
+from vla0.config import PolicyConfig
 from vla0.data.lerobot_dataset import load_lerobot
 from vla0.data.lerobot_writer import LeRobotWriter
 from vla0.model.vlm import load_vlm
@@ -64,11 +64,10 @@ def run(stage1, one_chunk, tmp_path_factory):
     return trainer
 
 
-def observations(dataset):
+def observations(dataset) -> dict:
+    """Every frame of the synthetic dataset (12 images, 2 tasks)."""
     data = load_lerobot(dataset)
-    obs = {FRONT: data.images[FRONT], "task": [data.tasks[i] for i in data.task_index]}
-    target = np.stack([data.action[[i, min(i + 1, ep.end - 1)]] for ep in data.episodes for i in range(ep.start, ep.end)])
-    return obs, target, data
+    return {FRONT: data.images[FRONT], "task": [data.tasks[i] for i in data.task_index]}
 
 
 # -- flow matching by hand -------------------------------------------------------------------------
@@ -113,7 +112,7 @@ def test_stage2_overfits_one_chunk(run):
 def test_stage2_leaves_the_vlm_untouched(run, stage1, dataset):
     before, after = load_file(stage1 / "model.safetensors"), load_file(run.out / "policy" / "model.safetensors")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    obs, _, _ = observations(dataset)
+    obs = observations(dataset)
     text = VLA0Policy.from_pretrained(stage1).predict_action_chunk(obs)
     vlm = load_vlm(run.out / "policy")  # the stage-2 folder's VLM, read as the stage-1 text policy
     again = VLA0Policy(vlm, PolicyConfig.load(stage1)).predict_action_chunk(obs)
@@ -126,7 +125,7 @@ def test_flow_policy_round_trip_select_action_and_serving(run, dataset):
     in_memory = VLA0Policy(run.vlm, run.policy_config, expert=run.stage2.model.expert,
                            generator=torch.Generator().manual_seed(3))
     loaded = VLA0Policy.from_pretrained(folder, generator=torch.Generator().manual_seed(3))
-    obs, _, _ = observations(dataset)
+    obs = observations(dataset)
     assert np.array_equal(in_memory.predict_action_chunk(obs), loaded.predict_action_chunk(obs))
     two = {FRONT: obs[FRONT][:2], "task": obs["task"][:2]}
     assert loaded.select_action(two).shape == (2, 4)
