@@ -177,3 +177,10 @@ def test_text_decoding_options_on_a_flow_policy_fail_before_loading(run, monkeyp
     for options in (dict(temperature=1.0), dict(fast_decode=False), dict(relaxed_k=2)):
         with pytest.raises(ValueError, match="flow-head policy: it does not decode text"):
             VLA0Policy.from_pretrained(run.out, **options)
+
+
+def test_rl_refuses_a_flow_head_policy(run, tmp_path):
+    from vla0.rl.trainer import RLConfig, check_rl_config
+    cfg = RLConfig(policy=str(run.out), tasks=["reach-v3"], out=str(tmp_path / "rl"), iterations=1)
+    with pytest.raises(ValueError, match="flow-head policy; GRPO optimises the token"):
+        check_rl_config(cfg)
