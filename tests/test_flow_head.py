@@ -184,3 +184,12 @@ def test_rl_refuses_a_flow_head_policy(run, tmp_path):
     cfg = RLConfig(policy=str(run.out), tasks=["reach-v3"], out=str(tmp_path / "rl"), iterations=1)
     with pytest.raises(ValueError, match="flow-head policy; GRPO optimises the token"):
         check_rl_config(cfg)
+
+
+def test_policy_config_head_field():
+    base = dict(action_dim=4, cameras=["front"], action_stats={"min": [-1.0] * 4, "max": [1.0] * 4})
+    assert PolicyConfig.from_dict(dict(base)).head == "text"  # folders written before heads existed
+    with pytest.raises(ValueError, match="head must be one of"):
+        PolicyConfig(**base, head="diffusion")
+    with pytest.raises(ValueError, match="needs flow_expert settings"):
+        PolicyConfig(**base, head="flow")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vla0.config import PolicyConfig
-from vla0.model.vlm import VLM, check_model_folder
+from vla0.model.vlm import check_model_folder
 from vla0.policy.flow_head import (ActionNormalizer, FlowExpert, FlowExpertConfig, expert_config_for, flow_loss,
                                    load_expert, sample_time, save_expert, vlm_states)
 from vla0.policy.policy import load_policy_vlm, resolve_policy_dir
@@ -103,8 +103,7 @@ class Stage2:
         self.policy_config = dataclasses.replace(
             source, head="flow", flow_expert=asdict(expert_cfg), base_model=str(folder.resolve()),
             dataset=str(cfg.dataset), training={**source.training, "stage2": asdict(cfg)})
-        vlm = load_policy_vlm(resume_from or folder)
-        self.vlm = VLM(vlm.model, vlm.tokenizer, vlm.image_processor)
+        self.vlm = load_policy_vlm(resume_from or folder)  # a LoRA adapter comes back merged
         if resume_from:
             expert = load_expert(self.policy_config, resume_from).train()
         else:
