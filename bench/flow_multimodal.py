@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--stage1-steps", type=int, default=300)
     ap.add_argument("--stage2-steps", type=int, default=2000)
+    ap.add_argument("--expert-layers", default="-1", help="VLM hidden states the expert reads (e.g. 0,-1)")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--result", default=str(RESULTS / "flow_multimodal.json"))
     args = ap.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     for name, cfg in (("stage1", dict(model=str(out / "model"), out=str(out / "text"), steps=args.stage1_steps,
                                       chunk_size=H, num_bins=100, crop_fraction=1.0, mask_max_frac=0.0)),
                       ("stage2", dict(head="flow", from_policy=str(out / "text"), out=str(out / "flow"),
-                                      steps=args.stage2_steps, expert_depth=4))):
+                                      steps=args.stage2_steps, expert_depth=4, expert_layers=args.expert_layers))):
         if not (Path(cfg["out"]) / "policy" / "vla0_policy.json").exists():
             t0 = time.perf_counter()
             train(TrainConfig(**common, **cfg, save_every=cfg["steps"]))
@@ -119,7 +120,7 @@ def main() -> None:
                                               generator=torch.Generator().manual_seed(0)).predict_action_chunk(many)
     flow = VLA0Policy.from_pretrained(out / "flow", generator=torch.Generator().manual_seed(0)).predict_action_chunk(many)
 
-    report = {"episodes": args.episodes, "demos": {"left": args.episodes // 2, "right": args.episodes - args.episodes // 2},
+    report = {"episodes": args.episodes, "expert_layers": args.expert_layers, "demos": {"left": args.episodes // 2, "right": args.episodes - args.episodes // 2},
               "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps, "train_seconds": seconds,
               "flow_samples": classify(flow), "text_greedy": classify(text), "text_sampled_t1": classify(sampled_text),
               "text_greedy_path": text[0].round(3).tolist()}
