@@ -27,6 +27,7 @@ import torch  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 H, SIZE, TASK = 8, 32, "reach the goal without touching the obstacle"
 OBSTACLE, RADIUS, DETOUR = np.array([0.0, 0.5]), 0.15, 0.4
+MARKER = 3  # the robot is a (2 * MARKER + 1)-pixel square: a 3-pixel dot was not read by a short stage 1
 
 
 def demo_path(side: float) -> np.ndarray:
@@ -41,7 +42,7 @@ def frame(position: np.ndarray) -> np.ndarray:
 
     def px(p):
         return int(np.clip((1 - p[1]) * (SIZE - 8) + 4, 0, SIZE - 1)), int(np.clip(p[0] * (SIZE - 8) / 2 + SIZE / 2, 0, SIZE - 1))
-    for p, colour, r in ((np.array([0.0, 1.0]), (0, 255, 0), 2), (OBSTACLE, (255, 0, 0), 3), (position, (255, 255, 255), 1)):
+    for p, colour, r in ((np.array([0.0, 1.0]), (0, 255, 0), 2), (OBSTACLE, (255, 0, 0), 3), (position, (255, 255, 255), MARKER)):
         y, x = px(p)
         img[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1] = colour
     return img
@@ -75,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench_flow_multimodal")
     ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--stage1-steps", type=int, default=300)
+    ap.add_argument("--stage1-steps", type=int, default=800)
     ap.add_argument("--stage2-steps", type=int, default=2000)
     ap.add_argument("--expert-layers", default="-1", help="VLM hidden states the expert reads (e.g. 0,-1)")
     ap.add_argument("--samples", type=int, default=100)
