@@ -16,6 +16,7 @@ import numpy as np
 
 POLICY_FILE = "vla0_policy.json"
 IMAGE_PREFIX = "observation.images."
+HEADS = ("text", "flow")
 NORMALIZATIONS = {"minmax": ("min", "max"), "quantile": ("q01", "q99")}
 # vla0 0.1 names, still read from older policy folders
 _RENAMED = {"horizon": "chunk_size", "action_horizon": "n_action_steps"}
@@ -37,6 +38,9 @@ class PolicyConfig:
     mask_char: str = "_"  # masked action augmentation replaces action characters with this
     camera_shapes: dict[str, list[int]] = field(default_factory=dict)  # (h, w) each camera was recorded at
     state_dim: int = 0  # length of observation.state in the training data (0: none); not a model input
+    # -- which head turns the VLM into actions --
+    head: str = "text"  # "text": the VLM writes the actions (VLA-0); "flow": a flow-matching expert reads it
+    flow_expert: dict = field(default_factory=dict)  # the flow head's FlowExpertConfig (vla0.policy.flow_head)
     # -- how chunks are executed --
     n_action_steps: int = 1  # steps executed per prediction
     ensemble: int = 8  # chunks averaged per step (temporal ensembling); 1 = off
@@ -61,6 +65,10 @@ class PolicyConfig:
             raise ValueError(f"chunk_size and num_bins must be >= 1, got {self.chunk_size} and {self.num_bins}")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if (self.head == "flow") != bool(self.flow_expert):
+            raise ValueError("a flow-head policy needs flow_expert settings, and only a flow-head policy has them")
         check_execution(self.n_action_steps, self.ensemble, self.chunk_size)
 
     @property

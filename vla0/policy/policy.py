@@ -4,7 +4,9 @@
     --ActionProcessor--> (H, D) chunk, clipped --ChunkExecutor--> next action per env
 
 Greedy decoding (temperature 0, the default) is the exact fast decoder; a temperature samples
-the grammar-masked distribution RL optimises. `on_chunk`, when set, receives every chunk's
+the grammar-masked distribution RL optimises. A flow-head policy (config.head == "flow", stage 2)
+runs one VLM prefill and its expert's Euler steps instead of decoding (vla0.policy.flow_head);
+everything around the model (processor, executor, clipping) is the same. `on_chunk`, when set, receives every chunk's
 (env id, frames, task, tokens, log-probs): RL rollouts record their trajectories through it.
 """
 
@@ -22,7 +24,9 @@ from vla0.model.vlm import VLM, check_model_folder, load_processor, load_vlm
 from vla0.policy.decoder import ActionDecoder
 from vla0.policy.drafts import draft_candidates
 from vla0.policy.executor import ChunkExecutor
+from vla0.policy.flow_head import FlowExpert, FlowHead, load_expert
 from vla0.processor import ActionProcessor
+from vla0.prompt import collate
 
 EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay")
 
@@ -50,14 +54,26 @@ def load_policy_vlm(folder: Path, dtype: torch.dtype = torch.float32, device="cp
     return load_vlm(folder, dtype, device)
 
 
+def check_decoding_options(config: PolicyConfig, temperature: float | None = 0.0, fast_decode: bool | None = True,
+                           relaxed_k: int | None = 0) -> None:
+    """Text decoding options mean nothing to a flow head: say so before anything loads."""
+    if config.head == "flow" and (temperature or fast_decode is False or relaxed_k):
+        raise ValueError("this is a flow-head policy: it does not decode text, so temperature, --decoder and "
+                         "--relaxed-k do not apply (its samples come from the flow's noise)")
+
+
 class VLA0Policy:
     needs_images = True
 
     def __init__(self, vlm: VLM, config: PolicyConfig, device: str | torch.device = "cpu",
                  temperature: float = 0.0, name: str = "vla0", fast_decode: bool = True, relaxed_k: int = 0,
-                 generator: torch.Generator | None = None, processor: ActionProcessor | None = None):
+                 generator: torch.Generator | None = None, processor: ActionProcessor | None = None,
+                 expert: FlowExpert | None = None):
         """processor: reuse one built for the same model and action format (execution settings
-        are always this config's)."""
+        are always this config's). expert: a flow-head policy's action expert."""
+        check_decoding_options(config, temperature, fast_decode, relaxed_k)
+        if (config.head == "flow") != (expert is not None):
+            raise ValueError(f"a {config.head}-head policy {'needs' if expert is None else 'takes no'} flow expert")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         if temperature > 0 and (relaxed_k or not fast_decode):
@@ -71,7 +87,9 @@ class VLA0Policy:
         self.name = name
         self.processor = processor or ActionProcessor(config, vlm.tokenizer, vlm.image_processor)
         options = {"relaxed_k": relaxed_k} if relaxed_k else {}
-        self.decoder = ActionDecoder(vlm.model, self.processor, fast=fast_decode and temperature == 0, **options)
+        self.decoder = None if expert else ActionDecoder(vlm.model, self.processor,
+                                                         fast=fast_decode and temperature == 0, **options)
+        self.flow = FlowHead(vlm.model, expert.to(self.device).eval(), config) if expert else None
         self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, config.n_action_steps,
                                       config.action_bounds)
         self.malformed_outputs = 0
@@ -90,6 +108,9 @@ class VLA0Policy:
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         check_model_folder(folder)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        check_decoding_options(config, **{k: kwargs[k] for k in ("temperature", "fast_decode", "relaxed_k") if k in kwargs})
+        if config.head == "flow":
+            kwargs["expert"] = load_expert(config, folder, device)
         return cls(load_policy_vlm(folder, dtype, device), config, device, **kwargs)
 
     # -- LeRobot policy API ---------------------------------------------------------------------
@@ -106,6 +127,9 @@ class VLA0Policy:
         env's previous chunk (shifted by the steps executed since) drafts its new one."""
         frames, tasks = self.processor.observation_frames(obs)
         prompts = [self.processor.prompt(f, t) for f, t in zip(frames, tasks)]
+        if self.flow is not None:  # one prefill + the expert's integration steps
+            batch = {k: v.to(self.device) for k, v in collate(prompts, self.processor.pad_id, "right").items()}
+            return self.processor.clip(self.flow.predict(batch, self.generator))
         if self.temperature > 0:
             samples = self.decoder.sample(prompts, self.temperature, self.generator)
             tokens, logprobs = [s.tokens for s in samples], [s.logprobs for s in samples]

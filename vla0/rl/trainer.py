@@ -127,7 +127,10 @@ def check_rl_config(cfg: RLConfig) -> None:
     if cfg.eval_seed + cfg.eval_episodes > cfg.rollout_seed:
         raise ValueError(f"held-out evaluation seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} must lie "
                          f"below the rollout seeds ({cfg.rollout_seed} upward): raise --rollout-seed")
-    resolve_policy_dir(cfg.policy)
+    source = PolicyConfig.load(resolve_policy_dir(cfg.policy))
+    if source.head != "text":
+        raise ValueError(f"--policy {cfg.policy} is a {source.head}-head policy; GRPO optimises the token "
+                         "log-probabilities of a text-action policy")
     out = Path(cfg.out)
     if cfg.resume and latest_checkpoint(out) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {out}/checkpoints")

@@ -4,6 +4,8 @@ One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionProcessor.t
 (action text, crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
 Runs on one process or under torchrun / accelerate launch (each rank takes its slice of every
 global batch). The data order is a pure function of (seed, step), so --resume continues exactly.
+`--head flow --from RUN_DIR` runs stage 2 in the same loop: the stage-1 VLM frozen, only a
+flow-matching action expert trained (vla0.train.stage2).
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 @dataclass
 class TrainConfig:
     # -- what to train on --
-    model: str = option(help="model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct")
     dataset: str = option(help="LeRobotDataset folder (v3.0 or v2.1)")
     out: str = option(help="run folder: checkpoints, policy/, train_log.jsonl")
+    model: str | None = option(None, "model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct "
+                                     "(text head; required)")
     cameras: list[str] | None = option(None, "cameras the policy reads (default: every camera of the dataset)")
     # -- actions as text (VLA-0) --
     chunk_size: int = option(8, "H, steps per predicted action chunk", aliases=("--horizon",), group="actions")
@@ -72,6 +75,18 @@ class TrainConfig:
     lora_alpha: int = option(16, group="optimiser")
     lora_targets: list[str] = option(help="modules LoRA adapts", group="optimiser",
                                      default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # -- stage 2: a flow-matching action expert on a frozen stage-1 policy (vla0.train.stage2) --
+    head: str = option("text", "text: fine-tune the VLM to write actions (stage 1); flow: freeze the --from "
+                               "policy's VLM and train an action expert on it (stage 2)", choices=("text", "flow"),
+                       group="stage 2 (--head flow)")
+    from_policy: str | None = option(None, "stage-1 text policy or run folder (--head flow)", flag="--from",
+                                     group="stage 2 (--head flow)")
+    expert_width: int | None = option(None, "expert width (default: half the VLM's)", group="stage 2 (--head flow)")
+    expert_depth: int = option(4, "expert blocks", group="stage 2 (--head flow)")
+    expert_heads: int | None = option(None, "expert attention heads (default: the VLM's)", group="stage 2 (--head flow)")
+    expert_layers: str = option("-1", "VLM hidden states the expert reads, e.g. -1 or =4,8,-1 (interleaved over "
+                                      "the blocks)", group="stage 2 (--head flow)")
+    flow_steps: int = option(10, "Euler steps at inference", group="stage 2 (--head flow)")
     # -- inference defaults stored with the policy --
     n_action_steps: int = option(1, "steps executed per prediction", aliases=("--action-horizon",),
                                  group="inference defaults")
@@ -98,6 +113,12 @@ def check_config(cfg: TrainConfig) -> dict:
         raise ValueError(f"--n-action-steps ({cfg.n_action_steps}) must be in 1..--chunk-size ({cfg.chunk_size})")
     if not 0 <= cfg.mask_max_frac <= 1:
         raise ValueError(f"--mask-max-frac must be in [0, 1], got {cfg.mask_max_frac}")
+    if cfg.head not in ("text", "flow"):
+        raise ValueError(f"--head must be text or flow, got {cfg.head!r}")
+    if cfg.head == "text" and cfg.from_policy:
+        raise ValueError("--from names the stage-1 policy of a --head flow run; a text run starts from --model")
+    if cfg.head == "text" and not cfg.model:
+        raise ValueError("give --model (the VLM to fine-tune), or --head flow --from RUN_DIR for stage 2")
     info = validate_lerobot(Path(cfg.dataset))
     cameras = [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
     unknown = [c for c in (cfg.cameras or []) if c not in cameras]
@@ -110,8 +131,11 @@ def check_config(cfg: TrainConfig) -> dict:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {out}/checkpoints")
     if not cfg.resume and (out / "checkpoints").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not cfg.resume:
+    if not cfg.resume and cfg.head == "text":
         check_model_folder(cfg.model)
+    if cfg.head == "flow":
+        from vla0.train.stage2 import check_stage2
+        check_stage2(cfg, info)
     return info
 
 
@@ -123,29 +147,16 @@ class Trainer:
         # bf16 autocast is applied by hand: accelerate's mixed_precision is process-global state
         # that refuses a second Trainer with another precision in the same process.
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
-        data = load_lerobot(Path(cfg.dataset), cameras=cameras)
-        self.policy_config = PolicyConfig(
-            action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
-            chunk_size=cfg.chunk_size, num_bins=cfg.num_bins, normalization=cfg.normalization,
-            image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
-            # the frame size each camera was recorded at, so evaluation renders the same
-            camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
-            state_dim=0 if data.state is None else int(data.state.shape[1]),
-            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
-            dataset=str(cfg.dataset), training={"train": asdict(cfg)})
-        self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.chunk_size)
-
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
-        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
-        model = self.vlm.model
-        if cfg.lora_rank:
-            from peft import LoraConfig, PeftModel, get_peft_model
-            if resume_from:
-                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
-            else:
-                model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                         target_modules=cfg.lora_targets, lora_dropout=0.0))
+        self.stage2 = None
+        if cfg.head == "flow":  # the stage-1 policy fixes the action format, cameras and images
+            from vla0.train.stage2 import Stage2
+            self.stage2 = Stage2(cfg, info, resume_from)
+            self.policy_config, self.vlm, model = self.stage2.policy_config, self.stage2.vlm, self.stage2.model
+            data = load_lerobot(Path(cfg.dataset), cameras=self.policy_config.cameras)
+        else:
+            data, model = self._text_model(cfg, info, resume_from)
+        self.dataset = ChunkDataset(data, self.policy_config.image_keys, self.policy_config.chunk_size)
         self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -169,6 +180,30 @@ class Trainer:
             if self.acc.is_main_process:  # steps after the checkpoint are trained (and logged) again
                 drop_log_after(self.out / "train_log.jsonl", "step", self.step)
 
+    def _text_model(self, cfg: TrainConfig, info: dict, resume_from: Path | None):
+        """Stage 1: the policy config from the dataset, and the VLM (or its LoRA adapter) to train."""
+        cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
+        data = load_lerobot(Path(cfg.dataset), cameras=cameras)
+        self.policy_config = PolicyConfig(
+            action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
+            chunk_size=cfg.chunk_size, num_bins=cfg.num_bins, normalization=cfg.normalization,
+            image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
+            # the frame size each camera was recorded at, so evaluation renders the same
+            camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
+            state_dim=0 if data.state is None else int(data.state.shape[1]),
+            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
+            dataset=str(cfg.dataset), training={"train": asdict(cfg)})
+        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
+        model = self.vlm.model
+        if cfg.lora_rank:
+            from peft import LoraConfig, PeftModel, get_peft_model
+            if resume_from:
+                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+            else:
+                model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                         target_modules=cfg.lora_targets, lora_dropout=0.0))
+        return data, model
+
     # -- data -----------------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """The shuffled frame order of an epoch, computed once per epoch rather than per step."""
@@ -186,8 +221,13 @@ class Trainer:
         for idx in order[start:start + self.cfg.batch_size]:
             sample = self.dataset[int(idx)]
             rng = np.random.default_rng([self.cfg.seed, epoch, int(idx)])
-            examples.append(self.processor.training_example(sample.frames, sample.task, sample.actions, rng,
-                                                            self.cfg.mask_max_frac, self.cfg.mask_p_none))
+            if self.stage2:  # prompt, normalised actions, noise and flow time
+                examples.append(self.stage2.example(sample, rng))
+            else:
+                examples.append(self.processor.training_example(sample.frames, sample.task, sample.actions, rng,
+                                                                self.cfg.mask_max_frac, self.cfg.mask_p_none))
+        if self.stage2:
+            return self.stage2.collate(examples)
         return collate(examples, self.processor.pad_id, padding_side="right")
 
     # -- loop -----------------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Stage 2 of the two-stage policy: `vla0 train --head flow --from RUN_DIR`.
+
+Stage 1 fine-tuned the VLM to write actions as text (VLA-0). Stage 2 loads that policy (a LoRA
+adapter merged into its base), freezes every VLM weight and trains only a flow-matching action
+expert (vla0.policy.flow_head) that reads the VLM's hidden states of the prompt. The VLM is
+untouched, so the stage-2 folder still holds the stage-1 text policy bit for bit; its
+vla0_policy.json says head = "flow" and flow_expert.safetensors holds the expert.
+
+The trainer (vla0.train.trainer) stays the one loop, data order, checkpointing and accelerate
+setup for both heads: this module gives it the stage-2 policy config, the trainable module (whose
+forward returns the loss, as a transformers model's does) and the per-sample batch pieces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla0.config import PolicyConfig
+from vla0.model.vlm import check_model_folder
+from vla0.policy.flow_head import (ActionNormalizer, FlowExpert, FlowExpertConfig, expert_config_for, flow_loss,
+                                   load_expert, sample_time, save_expert, vlm_states)
+from vla0.policy.policy import load_policy_vlm, resolve_policy_dir
+from vla0.processor import ActionProcessor
+from vla0.prompt import Encoded, collate
+
+
+def parse_layers(text: str) -> list[int]:
+    try:
+        layers = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--expert-layers must be comma-separated integers such as -1 or 4,8,-1, got {text!r}") from None
+    if not layers:
+        raise ValueError("--expert-layers: give at least one VLM layer")
+    return layers
+
+
+def check_stage2(cfg, info: dict) -> tuple[Path, PolicyConfig, FlowExpertConfig]:
+    """Every stage-2 mistake we can see before loading weights: the stage-1 folder, the dataset's
+    match with it, the expert's shape. Returns (stage-1 folder, its config, the expert's config)."""
+    if not cfg.from_policy:
+        raise ValueError("--head flow trains an action expert on a stage-1 policy: give --from RUN_DIR "
+                         "(a text-action policy or run folder)")
+    if cfg.model:
+        raise ValueError("--head flow reads the VLM of the --from policy; drop --model")
+    if cfg.lora_rank:
+        raise ValueError("--head flow freezes the VLM and trains only the expert; drop --lora-rank")
+    folder = resolve_policy_dir(cfg.from_policy)
+    source = PolicyConfig.load(folder)
+    if source.head != "text":
+        raise ValueError(f"--from {cfg.from_policy} is a {source.head}-head policy; stage 2 starts from a "
+                         "text-action (stage 1) policy")
+    check_model_folder(folder)
+    features = info["features"]
+    missing = [k for k in source.image_keys if k not in features]
+    if missing:
+        raise ValueError(f"dataset {cfg.dataset} lacks the stage-1 policy's camera(s) {missing}")
+    action_dim = int(features["action"]["shape"][0])
+    if action_dim != source.action_dim:
+        raise ValueError(f"dataset {cfg.dataset} has {action_dim}-dim actions, the stage-1 policy {source.action_dim}")
+    from transformers import AutoConfig  # the VLM's shape without its weights
+    shape_from = source.base_model if (folder / "adapter_config.json").exists() else folder
+    expert = expert_config_for(AutoConfig.from_pretrained(shape_from), cfg.expert_width, cfg.expert_depth,
+                               cfg.expert_heads, parse_layers(cfg.expert_layers), cfg.flow_steps)
+    return folder, source, expert
+
+
+class FlowTraining(nn.Module):
+    """The frozen VLM and the expert; forward(**batch) returns an object with .loss."""
+
+    def __init__(self, vlm_model: nn.Module, expert: FlowExpert):
+        super().__init__()
+        self.vlm = vlm_model.requires_grad_(False).eval()
+        self.expert = expert
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vlm.eval()  # frozen: no dropout, whatever the loop asks
+        return self
+
+    def forward(self, actions, noise, time, **prompt) -> SimpleNamespace:
+        states, pad = vlm_states(self.vlm, prompt, self.expert.cfg.vlm_layers)  # once per observation, no grad
+        states = [s.float() for s in states]
+        return SimpleNamespace(loss=flow_loss(lambda x_t, t: self.expert(x_t, t, states, pad), actions, noise, time))
+
+    def save_pretrained(self, folder: Path) -> None:
+        """The whole (merged, LoRA-free) VLM and the expert: a folder that loads on its own."""
+        self.vlm.save_pretrained(folder)
+        save_expert(self.expert, folder)
+
+
+class Stage2:
+    """What the trainer needs for a flow head: policy config, model, and batches."""
+
+    def __init__(self, cfg, info: dict, resume_from: Path | None):
+        folder, source, expert_cfg = check_stage2(cfg, info)
+        self.policy_config = dataclasses.replace(
+            source, head="flow", flow_expert=asdict(expert_cfg), base_model=str(folder.resolve()),
+            dataset=str(cfg.dataset), training={**source.training, "stage2": asdict(cfg)})
+        self.vlm = load_policy_vlm(resume_from or folder)  # a LoRA adapter comes back merged
+        if resume_from:
+            expert = load_expert(self.policy_config, resume_from).train()
+        else:
+            torch.manual_seed(cfg.seed)
+            expert = FlowExpert(expert_cfg, source.action_dim, source.chunk_size)
+        self.model = FlowTraining(self.vlm.model, expert)
+        self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
+        self.normalizer = ActionNormalizer(self.policy_config)
+
+    def example(self, sample, rng: np.random.Generator) -> tuple[Encoded, np.ndarray, np.ndarray, np.float32]:
+        """The prompt (with stage 1's image augmentation), normalised actions, noise and flow time:
+        all drawn from rng, so the batch is a pure function of (seed, step) like text training's."""
+        prompt = self.processor.encoder.prompt(sample.frames, sample.task, rng)
+        actions = self.normalizer.normalize(sample.actions)
+        return prompt, actions, rng.standard_normal(actions.shape).astype(np.float32), sample_time(rng, 1)[0]
+
+    def collate(self, examples: list) -> dict[str, torch.Tensor]:
+        batch = collate([e[0] for e in examples], self.processor.pad_id, padding_side="right")
+        batch["actions"] = torch.from_numpy(np.stack([e[1] for e in examples]))
+        batch["noise"] = torch.from_numpy(np.stack([e[2] for e in examples]))
+        batch["time"] = torch.tensor([e[3] for e in examples])
+        return batch
