@@ -172,3 +172,25 @@ def test_text_processor_is_unchanged(policy):
     p = ActionProcessor(cfg, policy.vlm.tokenizer, policy.vlm.image_processor)
     text = policy.vlm.tokenizer.decode(p.action_tokens(np.zeros((H, D))))
     assert text == " ".join(["50", "50", "50", "50"] * H)
+
+
+def test_a_bins_policy_folder_serves_quantized_and_the_client_gets_its_actions(tiny_model_dir, tmp_path):
+    import shutil
+
+    from vla0.client import PolicyClient
+    from vla0.serve.server import PolicyServer, ServeConfig, ServerThread
+    pytest.importorskip("torchao")
+    folder = tmp_path / "bins"
+    shutil.copytree(tiny_model_dir, folder)
+    PolicyConfig(action_dim=D, cameras=["front"], chunk_size=H, num_bins=256, action_format="bins",
+                 normalization="quantile", action_stats={**STATS, "q01": [-1.0] * D, "q99": [1.0] * D},
+                 image_size=[28, 28], ensemble=1).save(folder)
+    policy = VLA0Policy.from_pretrained(folder, quantize="ao-int8")  # the format comes from the folder
+    obs = {"observation.images.front": np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8),
+           "task": "open the drawer"}
+    local = policy.predict_action_chunk({"observation.images.front": obs["observation.images.front"][None],
+                                         "task": [obs["task"]]})[0]
+    with ServerThread(PolicyServer(policy, ServeConfig(port=0))) as server, PolicyClient(server.url) as client:
+        assert client.metadata["action_format"] == "bins" and client.metadata["num_bins"] == 256
+        reply = client.infer(obs)
+    np.testing.assert_array_equal(reply["actions"], local)

@@ -18,7 +18,7 @@ hub at run time, so offline it dequantises before each matmul. Both packages are
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 BNB_MODES = ("int8", "nf4")
 AO_MODES = ("ao-int8", "ao-int8-weight", "ao-int4")
@@ -56,8 +56,8 @@ def bnb_config(mode: str, dtype=None, quantize_vision: bool = False):
 
     skip = list(SKIP) + ([] if quantize_vision else [VISION])
     if mode == "int8":
-        # LLM.int8 casts float32 inputs to float16 and says so on every call
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        # LLM.int8 casts float32 inputs to float16 and logs a warning saying so on every call
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_compute_dtype=dtype or torch.float32, llm_int8_skip_modules=skip)
