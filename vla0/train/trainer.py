@@ -22,8 +22,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from vla0.config import ACTION_FORMATS, IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.bins import NUM_BINS
+from vla0.config import ACTION_FORMATS, IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
 from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
 from vla0.io import save_folder_atomic
