@@ -373,6 +373,7 @@ def bench_real_policy(args, batches: list[int]) -> dict:
     if not args.episodes_from:
         raise SystemExit("--policy needs --episodes-from DATASET to replay")
     policy = VLA0Policy.from_pretrained(args.policy)
+    policy.processor.require_format("text", "bench/decode.py (it compares decoded text)")
     result = bench_policy(policy, lambda n, steps: dataset_episodes(args.episodes_from, policy, n, steps),
                           args.episodes, args.steps, batches, "quickstart", ["baseline", "combined_exact"])
     result["policy"], result["dataset"] = str(args.policy), str(args.episodes_from)

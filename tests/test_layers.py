@@ -7,7 +7,7 @@ from pathlib import Path
 import vla0
 
 ROOT = Path(vla0.__file__).parent
-CORE = {"config", "codec", "grammar", "images", "io", "options", "processor", "prompt"}
+CORE = {"bins", "config", "codec", "grammar", "images", "io", "options", "processor", "prompt"}
 LAYERS = [  # lowest first
     CORE,
     {"data", "model", "policy", "train"},

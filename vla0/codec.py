@@ -83,15 +83,20 @@ class ActionCodec:
 
     def decode(self, text: str) -> DecodedChunk:
         well_formed = self.is_well_formed(text.strip())
-        values = [min(int(n), self.num_bins) for n in _NUMBER.findall(text)][: self.num_values]
-        D = self.action_dim
-        complete = len(values) // D
-        if complete == 0:
-            # Not even one whole step: keep what was written, centre the rest.
-            step = values + [self.num_bins // 2] * (D - len(values))
-            rows = [step]
-        else:
-            rows = [values[i * D:(i + 1) * D] for i in range(complete)]
-        rows += [rows[-1]] * (self.chunk_size - len(rows))
-        bins = np.asarray(rows, dtype=np.int64)
+        values = [min(int(n), self.num_bins) for n in _NUMBER.findall(text)]
+        bins = repair(values, self.chunk_size, self.action_dim, centre=self.num_bins // 2)
         return DecodedChunk(self.from_bins(bins), bins, well_formed)
+
+
+def repair(values: list[int], chunk_size: int, action_dim: int, centre: int) -> np.ndarray:
+    """The numbers a model wrote -> (H, D) bins: extra numbers are dropped, a missing step
+    repeats the last whole one, and with not even one whole step the rest is centred."""
+    values = values[: chunk_size * action_dim]
+    D = action_dim
+    complete = len(values) // D
+    if complete == 0:
+        rows = [values + [centre] * (D - len(values))]
+    else:
+        rows = [values[i * D:(i + 1) * D] for i in range(complete)]
+    rows += [rows[-1]] * (chunk_size - len(rows))
+    return np.asarray(rows, dtype=np.int64)

@@ -18,6 +18,7 @@ POLICY_FILE = "vla0_policy.json"
 IMAGE_PREFIX = "observation.images."
 HEADS = ("text", "flow")
 NORMALIZATIONS = {"minmax": ("min", "max"), "quantile": ("q01", "q99")}
+ACTION_FORMATS = ("text", "bins")  # vla0.processor: VLA-0's digits, OpenVLA's action tokens
 # vla0 0.1 names, still read from older policy folders
 _RENAMED = {"horizon": "chunk_size", "action_horizon": "n_action_steps"}
 
@@ -29,8 +30,9 @@ class PolicyConfig:
     cameras: list[str]  # camera names, without the "observation.images." prefix
     action_stats: dict[str, list[float]]  # min/max/q01/q99... per action dimension
     chunk_size: int = 8  # H: steps per predicted chunk
-    num_bins: int = 1000  # B: actions are integers 0..B
-    normalization: str = "minmax"  # or "quantile" (q01/q99)
+    num_bins: int = 1000  # B: text: actions are integers 0..B; bins: the number of bins (tokens)
+    normalization: str = "minmax"  # or "quantile" (q01/q99); the bins format always uses quantile
+    action_format: str = "text"  # "text" (VLA-0: digits) or "bins" (OpenVLA: one token per number)
     # -- what the model reads --
     image_layout: str = "tile"  # "tile": cameras side by side in one image; "separate": one image each
     image_size: list[int] | None = None  # (h, w) each camera is resized to; None keeps the input size
@@ -57,6 +59,11 @@ class PolicyConfig:
             raise ValueError("a policy needs at least one camera")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.action_format not in ACTION_FORMATS:
+            raise ValueError(f"action_format must be one of {list(ACTION_FORMATS)}, got {self.action_format!r}")
+        if self.action_format == "bins" and self.normalization != "quantile":
+            raise ValueError("the bins action format normalises with q01/q99 (OpenVLA): normalization must be "
+                             f"'quantile', got {self.normalization!r}")
         for key in ("min", "max", *NORMALIZATIONS[self.normalization]):
             if len(self.action_stats.get(key, [])) != self.action_dim:
                 raise ValueError(f"action_stats[{key!r}] must have {self.action_dim} values "

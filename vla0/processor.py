@@ -5,7 +5,12 @@ tokens and an action, built once from a policy's config, tokenizer and image pro
           (crop, resize, tile: vla0.images; chat layout, masking: vla0.prompt)
           training sample (frames, task, (H, D) actions) -> tokens with masked action text + labels
     model: the action grammar (vla0.grammar) every decoder constrains the model with
-    post: generated tokens -> text -> (H, D) actions (vla0.codec), clipped to the action bounds
+    post: generated tokens -> (H, D) actions, clipped to the action bounds
+
+The action format (PolicyConfig.action_format) picks the codec and the grammar, and nothing else:
+    text  (VLA-0, the default): "H*D integers in 0..B" as digits and spaces (vla0.codec, ActionGrammar)
+    bins  (OpenVLA): one token of a reserved block per number, 256 bins over q01..q99
+          (vla0.bins, BinGrammar)
 
 The policy, the trainer, the RL learner and the server all take one of these instead of
 rebuilding the pieces from a PolicyConfig.
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from vla0.bins import BinCodec, action_token_block
 from vla0.codec import ActionCodec, DecodedChunk
 from vla0.config import IMAGE_PREFIX, PolicyConfig
-from vla0.grammar import ActionGrammar
+from vla0.grammar import ActionGrammar, BinGrammar
 from vla0.images import check_image
 from vla0.prompt import Encoded, PromptEncoder
 
@@ -28,9 +34,16 @@ class ActionProcessor:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.encoder = PromptEncoder(tokenizer, image_processor, config)
-        self.codec = ActionCodec.from_stats(config.action_stats, config.chunk_size, config.num_bins,
-                                            config.normalization)
-        self.grammar = ActionGrammar(tokenizer, self.codec.num_values, config.num_bins)
+        self.action_format = config.action_format
+        if self.action_format == "bins":
+            block = action_token_block(tokenizer, config.num_bins, config.mask_char)
+            self.codec = BinCodec.from_stats(config.action_stats, config.chunk_size, block)
+            self.grammar = BinGrammar(block, self.codec.num_values, self.encoder.end_id)
+            self.encoder.reserved = set(block)
+        else:
+            self.codec = ActionCodec.from_stats(config.action_stats, config.chunk_size, config.num_bins,
+                                                config.normalization)
+            self.grammar = ActionGrammar(tokenizer, self.codec.num_values, config.num_bins)
         self.low, self.high = config.action_bounds
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -66,11 +79,24 @@ class ActionProcessor:
     def training_example(self, frames: list[np.ndarray], task: str, actions: np.ndarray, rng: np.random.Generator,
                          mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
         """One training sample: random crop, action text with masked augmentation, labels."""
-        return self.encoder.training_example(frames, task, self.codec.encode(actions), rng, mask_max_frac, p_no_mask)
+        return self.encoder.training_example(frames, task, self.action_tokens(actions), rng, mask_max_frac, p_no_mask)
+
+    def action_tokens(self, actions: np.ndarray) -> list[int]:
+        """An (H, D) chunk -> the token ids the model is trained to write (without <|im_end|>)."""
+        encoded = self.codec.encode(actions)
+        return self.encoder.action_ids(encoded) if self.action_format == "text" else encoded
+
+    def require_format(self, action_format: str, who: str) -> None:
+        """For code that only handles one action format: one clear error for the other."""
+        if self.action_format != action_format:
+            raise ValueError(f"{who} handles {action_format!r} actions only; this policy writes "
+                             f"{self.action_format!r} actions (PolicyConfig.action_format)")
 
     # -- post: tokens -> actions ----------------------------------------------------------------
     def decode(self, tokens: list[int]) -> DecodedChunk:
         """Generated token ids (ending with <|im_end|> or not) -> the chunk they spell."""
+        if self.action_format == "bins":
+            return self.codec.decode(tokens)
         return self.codec.decode(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
     def clip(self, actions: np.ndarray) -> np.ndarray:

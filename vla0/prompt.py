@@ -27,8 +27,34 @@ SYSTEM_PROMPT = (
 )
 
 
-def system_prompt(chunk_size: int, action_dim: int, num_bins: int) -> str:
-    return SYSTEM_PROMPT.format(H=chunk_size, D=action_dim, N=chunk_size * action_dim, B=num_bins)
+# The bins action format (vla0.bins) writes one action token per dimension instead.
+BINS_SYSTEM_PROMPT = (
+    "Analyze the input image and predict robot actions for the next {H} timesteps. "
+    "Each action has {D} dimensions. Output a single sequence of {N} action tokens, one per dimension, "
+    "representing the {H} timesteps sequentially. Nothing else."
+)
+# The words VLA prompts are made of: the embedded tokenizer's merges are learned from this text
+# (vla0.model.tokenizer), and the bins action format keeps its tokens out of the action block
+# (vla0.bins). Changing it changes both: leave it as it is.
+PROMPT_CORPUS = """
+Analyze the input image and predict robot actions for the next timesteps. Each action has
+dimensions. Output a single sequence of integers each, representing the timesteps sequentially.
+Provide only space separated numbers. Nothing else. You are a helpful assistant.
+system user assistant system user assistant
+reach the goal position. push the puck to the goal. pick up the puck and place it at the goal.
+open the drawer. close the drawer. press the button from the top. press the button. open the door.
+close the door. turn the faucet. put the object in the basket. pick up the block and stack it on
+the other block. move the arm to the left, right, forward, backward, up and down. grasp the handle
+of the window and slide it open. put the bowl on the plate. put the cream cheese in the bowl.
+turn on the stove. put the mug in the microwave and close it. put both the alphabet soup and the
+tomato sauce in the basket. pick up the black bowl on the wooden cabinet and place it on the plate.
+open the top drawer of the cabinet. the robot gripper camera view of the table with a red object.
+""".strip()
+
+
+def system_prompt(chunk_size: int, action_dim: int, num_bins: int, action_format: str = "text") -> str:
+    template = BINS_SYSTEM_PROMPT if action_format == "bins" else SYSTEM_PROMPT
+    return template.format(H=chunk_size, D=action_dim, N=chunk_size * action_dim, B=num_bins)
 
 
 @dataclass
@@ -54,8 +80,9 @@ class PromptEncoder:
             raise ValueError(f"mask_char {config.mask_char!r} must be a single token, got {mask_ids}")
         self.mask_id = mask_ids[0]
         self.merge = image_processor.merge_size
-        self._system = system_prompt(config.chunk_size, config.action_dim, config.num_bins)
+        self._system = system_prompt(config.chunk_size, config.action_dim, config.num_bins, config.action_format)
         self._templates: dict[tuple[str, int], list[int]] = {}
+        self.reserved: set[int] = set()  # token ids no prompt may contain (the bins format's action block)
 
     # -- images -------------------------------------------------------------------------------
     def images(self, frames: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -76,8 +103,20 @@ class PromptEncoder:
                 {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": task}]},
             ]
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            self._templates[key] = self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            self._check_reserved(task, ids)
+            self._templates[key] = ids
         return self._templates[key]
+
+    def check_task(self, task: str) -> None:
+        """Refuse an instruction written with a reserved token (before any expensive work)."""
+        self._check_reserved(task, self.tokenizer.encode(task, add_special_tokens=False))
+
+    def _check_reserved(self, task: str, ids: list[int]) -> None:
+        clash = sorted({self.tokenizer.convert_ids_to_tokens(t) for t in ids if t in self.reserved})
+        if clash:
+            raise ValueError(f"task {task!r} is written with token(s) {clash} that the bins action format "
+                             "uses as action bins; rephrase the instruction or use --action-format text")
 
     def prompt(self, frames: list[np.ndarray], task: str, rng: np.random.Generator | None = None) -> Encoded:
         pixel_values, grid = self.pixels(self.images(frames, rng))
@@ -91,13 +130,16 @@ class PromptEncoder:
     def action_ids(self, action_text: str) -> list[int]:
         return self.tokenizer.encode(action_text, add_special_tokens=False)
 
-    def training_example(self, frames: list[np.ndarray], task: str, action_text: str,
+    def training_example(self, frames: list[np.ndarray], task: str, target: str | list[int],
                          rng: np.random.Generator, mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
+        """target: the action text, or its token ids (the bins format's: one token per number)."""
         ex = self.prompt(frames, task, rng)
-        target = self.action_ids(action_text)
+        if isinstance(target, str):
+            target = self.action_ids(target)
         inputs, labels = list(target), list(target)
-        # Masked action augmentation: hide some action characters so the model must read the
-        # image rather than continue the number pattern; hidden characters carry no loss.
+        # Masked action augmentation: hide some action tokens (characters of the text, whole
+        # bins) so the model must read the image rather than continue the number pattern;
+        # hidden tokens carry no loss.
         if rng.random() >= p_no_mask and target:
             count = int(rng.uniform(0.0, mask_max_frac) * len(target))
             for i in rng.choice(len(target), size=count, replace=False):

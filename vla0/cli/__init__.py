@@ -4,12 +4,16 @@ options generated from that job's config dataclass (vla0.options)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 # Two cores oversubscribed by torch's default threads made training 10x slower here.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torchao (optional, for --quantize; transformers imports it whenever it is installed) warns on
+# every import about its CUDA-only kernels
+logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vla0.model.quantize import QUANTIZE_MODES
 from vla0.options import add_options, build, option
 
 
@@ -17,6 +18,9 @@ class ServeCommand:
     device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
     dtype: str = option("float32", "model weights dtype", choices=("float32", "bfloat16"))
     ensemble: int | None = option(None, "override the policy's temporal ensembling")
+    quantize: str = option("none", "quantized weights: int8/nf4 (bitsandbytes), ao-int8/ao-int8-weight/ao-int4 "
+                           "(torchao)", choices=QUANTIZE_MODES)
+    quantize_vision: bool = option(False, "with --quantize, quantize the vision tower too")
     max_message_mb: float = option(16.0, "largest accepted request, in MiB")
 
 
@@ -33,7 +37,8 @@ def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     device = cmd.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = VLA0Policy.from_pretrained(cmd.policy, device=device, dtype=getattr(torch, cmd.dtype),
-                                        ensemble=cmd.ensemble)
+                                        ensemble=cmd.ensemble, quantize=cmd.quantize,
+                                        quantize_vision=cmd.quantize_vision)
     PolicyServer(policy, cfg, model_name=Path(cmd.policy).resolve().name).run()
 
 

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vla0.model.quantize import QUANTIZE_MODES
 from vla0.options import add_options, build, option
 
 
@@ -46,6 +47,9 @@ class EvalConfig:
     decoder: str = option("fast", "greedy decoding: the exact fast decoder or plain HF generate",
                           choices=("fast", "generate"))
     relaxed_k: int = option(0, "fast decoder: accept a drafted number within +-k bins of the model's (0 = exact)")
+    quantize: str = option("none", "quantized weights: int8/nf4 (bitsandbytes), ao-int8/ao-int8-weight/ao-int4 "
+                           "(torchao)", choices=QUANTIZE_MODES)
+    quantize_vision: bool = option(False, "with --quantize, quantize the vision tower too")
     max_episode_steps: int | None = option(None, "episode cap (default: the env's per-task cap)",
                                            aliases=("--max-steps",))
     videos: int = option(2, "rollout videos per task")
@@ -90,7 +94,8 @@ def load_eval_policy(cfg: EvalConfig, family):
     from vla0.policy.policy import VLA0Policy
     policy = VLA0Policy.from_pretrained(cfg.policy, ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps,
                                         temperature=cfg.temperature, fast_decode=cfg.decoder == "fast",
-                                        relaxed_k=cfg.relaxed_k)
+                                        relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
+                                        quantize_vision=cfg.quantize_vision)
     return policy, (policy.config.cameras, policy.config.camera_shapes)
 
 

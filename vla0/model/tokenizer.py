@@ -16,6 +16,8 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from vla0.prompt import PROMPT_CORPUS as _CORPUS  # the words a VLA prompt is made of
+
 # Qwen2.5-VL's special tokens, in its order, so ids of the chat/vision markers line up by name.
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -36,23 +38,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-# Text the merges are learned from: the words a VLA prompt is made of.
-_CORPUS = """
-Analyze the input image and predict robot actions for the next timesteps. Each action has
-dimensions. Output a single sequence of integers each, representing the timesteps sequentially.
-Provide only space separated numbers. Nothing else. You are a helpful assistant.
-system user assistant system user assistant
-reach the goal position. push the puck to the goal. pick up the puck and place it at the goal.
-open the drawer. close the drawer. press the button from the top. press the button. open the door.
-close the door. turn the faucet. put the object in the basket. pick up the block and stack it on
-the other block. move the arm to the left, right, forward, backward, up and down. grasp the handle
-of the window and slide it open. put the bowl on the plate. put the cream cheese in the bowl.
-turn on the stove. put the mug in the microwave and close it. put both the alphabet soup and the
-tomato sauce in the basket. pick up the black bowl on the wooden cabinet and place it on the plate.
-open the top drawer of the cabinet. the robot gripper camera view of the table with a red object.
-""".strip()
-
 
 def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
     bpe = Tokenizer(models.BPE())

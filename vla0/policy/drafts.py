@@ -1,4 +1,6 @@
-"""Speculative drafts for the fast decoder (vla0.policy.fast_decode).
+"""Speculative drafts for the fast decoder (vla0.policy.fast_decode), for either action format:
+numbers become tokens through the grammar's `spell` and `separator` (text: digits and a space;
+bins: one token, nothing between).
 
 A chunk predicted `shift` steps ago, without its executed steps, is a good guess of the next
 chunk's numbers: robot actions change little from one step to the next (`draft_candidates`).
@@ -36,6 +38,12 @@ class Drafter:
         by number. Independent mismatches (a last digit here and there) are then all fixed in
         the next pass instead of one per pass. Only the draft changes: exactness is untouched."""
         fsm = self.fsm
+        if not fsm.separator:  # one token per number (bins): each choice is a whole number
+            for j in range(rejected + 1, len(states)):
+                value = fsm.completed(states[j], choices[j])
+                if value is not None:
+                    row.refined[states[j][0]] = value
+            return
         numbers: dict[int, list] = {}  # number -> [drafted digits, {digit place: choice}]
         for j, (done, cur, _) in enumerate(states):
             entry = numbers.get(done)
@@ -71,14 +79,14 @@ class Drafter:
                 else:
                     break
             if out and (out[0] != "0" or out == "0"):
-                row.refined[n] = min(int(out), fsm.num_bins)
+                row.refined[n] = min(int(out), fsm.max_value)
 
     def _candidates(self, draft):
         """None, one flat list of numbers, or several (alternatives, the first preferred)."""
         if draft is None:
             return None
         arr = [np.asarray(c).reshape(-1) for c in draft] if is_nested(draft) else [np.asarray(draft).reshape(-1)]
-        out = [[min(max(int(v), 0), self.fsm.num_bins) for v in c] for c in arr if len(c)]
+        out = [[min(max(int(v), 0), self.fsm.max_value) for v in c] for c in arr if len(c)]
         return out or None
 
     def _pick_candidate(self, row: _Row):
@@ -165,26 +173,24 @@ class Drafter:
         v = value(done)
         if v is None:
             return []
-        digits = self.fsm.digit_ids
-        s = str(v)
-        if cur and not s.startswith(cur):
+        if cur and not str(v).startswith(cur):
             # the number being written already left the guess: take the first other guess that
             # agrees with its digits (re-drafted, any alternative, the same dimension a step back)
             others = [row.refined.get(done)] + [c[done] for c in row.draft or [] if done < len(c)]
             if D and done >= D:
                 others.append(value(done - D))
-            s = next((str(o) for o in others if o is not None and str(o).startswith(cur)), s)
-        toks = [digits[int(c)] for c in s[len(cur):]] if len(s) > len(cur) else []
+            v = next((o for o in others if o is not None and str(o).startswith(cur)), v)
+        toks = self.fsm.spell(v)[len(cur):]  # text: one token per digit, some already written
         m = done
         limit = min(row.window, budget)
         while len(toks) < limit:
             if m + 1 >= N:
                 toks.append(self.fsm.end_id)
                 break
-            toks.append(self.fsm.space_id)
+            toks.extend(self.fsm.separator)
             m += 1
             v = value(m)
             if v is None:
                 break
-            toks.extend(digits[int(c)] for c in str(v))
+            toks.extend(self.fsm.spell(v))
         return toks[:limit]

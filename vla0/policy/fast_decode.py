@@ -1,5 +1,6 @@
-"""Fast exact decoding of VLA-0 action text: the same tokens as greedy `generate` under the
-action grammar (vla0.grammar), in far fewer model forward passes.
+"""Fast exact decoding of action chunks: the same tokens as greedy `generate` under the action
+grammar (vla0.grammar), in far fewer model forward passes. Written for VLA-0's text; the bins
+format (one token per number) goes through the same code, where a number is a single token.
 
 Techniques, each switchable (bench/decode.py measures them one by one):
 
@@ -27,7 +28,7 @@ Batching: all rows' pending + draft tokens go through one padded forward pass wi
 positions. The KV columns of a row's rejected draft tokens stay in the shared cache, masked for
 that row; after each pass finished rows leave the batch and every row's valid columns are packed
 to the left (order is irrelevant once rope is applied), so the cache never carries garbage for
-long. Only the 12 grammar tokens' logits are computed (the matching lm_head rows).
+long. Only the grammar tokens' logits are computed (the matching lm_head rows: 12 for text).
 
 Exactness: greedy choices equal `generate`'s up to floating-point rounding (a different batch
 layout and kernel shapes change logits in the last bits, so an exact tie between two digits can
@@ -270,9 +271,9 @@ class FastDecoder(Drafter, CachedForward):
     def _commit(self, row: _Row, tok: int, cached: bool) -> None:
         state = row.state
         row.tokens.append(tok)
-        if tok == self.fsm.space_id or tok == self.fsm.end_id:
-            if not state[2] and state[1]:
-                row.numbers.append(int(state[1]))
+        number = self.fsm.completed(state, tok)
+        if number is not None:
+            row.numbers.append(number)
         row.state = self.fsm.advance(state, tok)
         if self.repetition_penalty != 1.0:
             row.seen.add(self.fsm.col[tok])
@@ -339,6 +340,9 @@ class FastDecoder(Drafter, CachedForward):
 
     def _relaxed_ok(self, draft, j: int, choice: int, state) -> bool:
         t = draft[j]
+        if not self.fsm.separator:  # one token per number (bins): compare the bins themselves
+            a, b = self.fsm.completed(state, t), self.fsm.completed(state, choice)
+            return a is not None and b is not None and abs(a - b) <= self.relaxed_k
         dig = self.fsm.digit_of
         if t not in dig or choice not in dig or t not in self.fsm.allowed(state):
             return False

@@ -44,14 +44,27 @@ def resolve_policy_dir(path: str | os.PathLike) -> Path:
                             f"policy/{POLICY_FILE} or checkpoints/latest")
 
 
-def load_policy_vlm(folder: Path, dtype: torch.dtype = torch.float32, device="cpu") -> VLM:
-    """Full weights load directly; a LoRA adapter loads on top of the base model it names."""
+def load_policy_vlm(folder: Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
+                    quantize_vision: bool = False) -> VLM:
+    """Full weights load directly; a LoRA adapter loads on top of the base model it names (also
+    one trained by QLoRA on a 4-bit base: the adapter is plain floats). quantize: see
+    vla0.model.quantize. An adapter is merged into a full-precision base (then torchao quantizes
+    the result); on a bitsandbytes base it stays a separate LoRA layer, as QLoRA trained it."""
+    from vla0.model.quantize import AO_MODES, BNB_MODES, apply_torchao, check_quantize
+
+    quantize = check_quantize(quantize, device)
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
-        base = load_vlm(PolicyConfig.load(folder).base_model, dtype, device)
-        model = PeftModel.from_pretrained(base.model, folder).merge_and_unload()
+        bnb = quantize in BNB_MODES
+        base = load_vlm(PolicyConfig.load(folder).base_model, dtype, device, quantize if bnb else None,
+                        quantize_vision)
+        model = PeftModel.from_pretrained(base.model, folder)
+        if not bnb:
+            model = model.merge_and_unload()
+            if quantize in AO_MODES:
+                apply_torchao(model, quantize, quantize_vision)
         return VLM(model, *load_processor(folder))
-    return load_vlm(folder, dtype, device)
+    return load_vlm(folder, dtype, device, quantize, quantize_vision)
 
 
 def check_decoding_options(config: PolicyConfig, temperature: float | None = 0.0, fast_decode: bool | None = True,
@@ -99,9 +112,11 @@ class VLA0Policy:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                        **kwargs) -> "VLA0Policy":
+                        quantize: str | None = None, quantize_vision: bool = False, **kwargs) -> "VLA0Policy":
         """kwargs: the constructor's options, and execution overrides (n_action_steps, ensemble,
-        ensemble_decay); None leaves the stored value."""
+        ensemble_decay); None leaves the stored value. quantize: int8 / nf4 (bitsandbytes),
+        ao-int8 / ao-int8-weight / ao-int4 (torchao), see vla0.model.quantize; the vision tower
+        stays unquantized unless quantize_vision."""
         folder = resolve_policy_dir(path)
         config = PolicyConfig.load(folder)
         overrides = {k: kwargs.pop(k) for k in EXECUTION_FIELDS if k in kwargs}
@@ -111,7 +126,7 @@ class VLA0Policy:
         check_decoding_options(config, **{k: kwargs[k] for k in ("temperature", "fast_decode", "relaxed_k") if k in kwargs})
         if config.head == "flow":
             kwargs["expert"] = load_expert(config, folder, device)
-        return cls(load_policy_vlm(folder, dtype, device), config, device, **kwargs)
+        return cls(load_policy_vlm(folder, dtype, device, quantize, quantize_vision), config, device, **kwargs)
 
     # -- LeRobot policy API ---------------------------------------------------------------------
     def reset(self, env_ids=None) -> None:

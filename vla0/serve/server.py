@@ -123,7 +123,8 @@ class PolicyServer:
         self.metadata = {
             "model": model_name or getattr(policy, "name", "vla0"), "vla0_version": vla0_version(),
             "protocol": PROTOCOL_VERSION, "chunk_size": pc.chunk_size, "action_dim": pc.action_dim,
-            "head": pc.head, "num_bins": pc.num_bins, "cameras": list(pc.cameras), "image_keys": list(pc.image_keys),
+            "head": pc.head, "num_bins": pc.num_bins, "action_format": pc.action_format, "cameras": list(pc.cameras),
+            "image_keys": list(pc.image_keys),
             "image_size": pc.image_size, "image_layout": pc.image_layout, "camera_shapes": pc.camera_shapes,
             "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
             "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "n_action_steps": pc.n_action_steps,

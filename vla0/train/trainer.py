@@ -1,4 +1,5 @@
-"""`vla0 train`: fine-tune an unmodified VLM to write action chunks as text (VLA-0).
+"""`vla0 train`: fine-tune an unmodified VLM to write action chunks as text (VLA-0), or as
+OpenVLA's action tokens (--action-format bins).
 
 One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionProcessor.training_example
 (action text, crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
@@ -23,10 +24,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from vla0.config import IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
+from vla0.bins import NUM_BINS
+from vla0.config import ACTION_FORMATS, IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
 from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
 from vla0.io import save_folder_atomic
+from vla0.model.quantize import BNB_MODES, check_quantize
 from vla0.model.vlm import check_model_folder, load_vlm
 from vla0.options import option
 from vla0.processor import ActionProcessor
@@ -44,11 +47,14 @@ class TrainConfig:
     model: str | None = option(None, "model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct "
                                      "(text head; required)")
     cameras: list[str] | None = option(None, "cameras the policy reads (default: every camera of the dataset)")
-    # -- actions as text (VLA-0) --
+    # -- actions as text (VLA-0) or as action tokens (OpenVLA) --
     chunk_size: int = option(8, "H, steps per predicted action chunk", aliases=("--horizon",), group="actions")
-    num_bins: int = option(1000, "B: actions are integers 0..B", flag="--bins", group="actions")
-    normalization: str = option("minmax", "per-dimension action normalisation", choices=NORMALIZATION_CHOICES,
-                                group="actions")
+    num_bins: int | None = option(None, "text: actions are integers 0..B (default 1000); bins: the number of "
+                                  "bins (default 256)", flag="--bins", group="actions")
+    normalization: str = option("minmax", "per-dimension action normalisation (bins: always quantile)",
+                                choices=NORMALIZATION_CHOICES, group="actions")
+    action_format: str = option("text", "text: digits (VLA-0); bins: one reserved token per number (OpenVLA)",
+                                choices=ACTION_FORMATS, group="actions")
     # -- images and augmentation --
     image_layout: str = option("tile", "cameras side by side in one image, or one image each",
                                choices=("tile", "separate"), group="images")
@@ -87,6 +93,9 @@ class TrainConfig:
     expert_layers: str = option("-1", "VLM hidden states the expert reads, e.g. -1 or =4,8,-1 (interleaved over "
                                       "the blocks)", group="stage 2 (--head flow)")
     flow_steps: int = option(10, "Euler steps at inference", group="stage 2 (--head flow)")
+    quantize: str = option("none", "QLoRA: LoRA on base weights frozen in 4-bit NF4 (or int8) by bitsandbytes; "
+                           "the adapters also load on the unquantized base", choices=("none", *BNB_MODES),
+                           group="optimiser")
     # -- inference defaults stored with the policy --
     n_action_steps: int = option(1, "steps executed per prediction", aliases=("--action-horizon",),
                                  group="inference defaults")
@@ -107,10 +116,19 @@ def check_config(cfg: TrainConfig) -> dict:
         raise ValueError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"--precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.chunk_size < 1 or cfg.num_bins < 1:
+    if cfg.action_format not in ACTION_FORMATS:
+        raise ValueError(f"--action-format must be one of {list(ACTION_FORMATS)}, got {cfg.action_format!r}")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.chunk_size < 1 or (cfg.num_bins or 1) < 1:
         raise ValueError("batch size, gradient accumulation, chunk size and bins must all be >= 1")
     if not 1 <= cfg.n_action_steps <= cfg.chunk_size:
         raise ValueError(f"--n-action-steps ({cfg.n_action_steps}) must be in 1..--chunk-size ({cfg.chunk_size})")
+    if cfg.quantize != "none":
+        if cfg.quantize not in BNB_MODES:
+            raise ValueError(f"--quantize for training must be one of {list(BNB_MODES)} (QLoRA), got {cfg.quantize!r}")
+        if not cfg.lora_rank:
+            raise ValueError(f"--quantize {cfg.quantize} trains LoRA adapters on a frozen quantized base: "
+                             "give --lora-rank too")
+        check_quantize(cfg.quantize, "cuda" if torch.cuda.is_available() else "cpu")
     if not 0 <= cfg.mask_max_frac <= 1:
         raise ValueError(f"--mask-max-frac must be in [0, 1], got {cfg.mask_max_frac}")
     if cfg.head not in ("text", "flow"):
@@ -158,6 +176,8 @@ class Trainer:
             data, model = self._text_model(cfg, info, resume_from)
         self.dataset = ChunkDataset(data, self.policy_config.image_keys, self.policy_config.chunk_size)
         self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
+        for task in sorted(set(data.tasks)):
+            self.processor.encoder.check_task(task)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         world = self.acc.num_processes
@@ -186,17 +206,23 @@ class Trainer:
         data = load_lerobot(Path(cfg.dataset), cameras=cameras)
         self.policy_config = PolicyConfig(
             action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
-            chunk_size=cfg.chunk_size, num_bins=cfg.num_bins, normalization=cfg.normalization,
+            chunk_size=cfg.chunk_size, action_format=cfg.action_format,
+            num_bins=cfg.num_bins or (NUM_BINS if cfg.action_format == "bins" else 1000),
+            normalization="quantile" if cfg.action_format == "bins" else cfg.normalization,
             image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
             # the frame size each camera was recorded at, so evaluation renders the same
             camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
             state_dim=0 if data.state is None else int(data.state.shape[1]),
             n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
             dataset=str(cfg.dataset), training={"train": asdict(cfg)})
-        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
+        qlora = cfg.quantize != "none"
+        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model,
+                            device=self.acc.device if qlora else "cpu", quantize=cfg.quantize)
         model = self.vlm.model
         if cfg.lora_rank:
-            from peft import LoraConfig, PeftModel, get_peft_model
+            from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+            if qlora:  # QLoRA: the quantized base frozen, its norms and embeddings in float32
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             if resume_from:
                 model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
             else:
