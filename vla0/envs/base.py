@@ -116,7 +116,7 @@ class EnvSpec:
 
 
 # name -> "module:Class"; adapters load on first use
-_REGISTRY: dict[str, str] = {"metaworld": "vla0.envs.metaworld:MetaWorld"}
+_REGISTRY: dict[str, str] = {"metaworld": "vla0.envs.metaworld:MetaWorld", "libero": "vla0.envs.libero:Libero"}
 _LOADED: dict[str, EnvFamily] = {}
 
 
