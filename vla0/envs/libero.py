@@ -90,6 +90,7 @@ class Libero(EnvFamily):
     action_high = np.full(7, 1.0, np.float32)
     cameras = tuple(CAMERAS)
     default_cameras = ("image", "image2")
+    default_image_size = (256, 256)  # the published protocol renders 256x256
     robot_type = "panda"
     state_names = ["eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
                    "gripper_qpos_left", "gripper_qpos_right"]
@@ -144,7 +145,7 @@ class Libero(EnvFamily):
         if other:
             raise ValueError(f"{who}: the LIBERO scripted expert covers libero_object only, not {', '.join(other)}")
 
-    def task_info(self, task: str) -> dict:
+    def task_fields(self, task: str) -> dict:
         t = self._suites()[split_task(task)[0]][split_task(task)[1]]
         return {"suite": split_task(task)[0], "task_id": split_task(task)[1], "task_name": t.name}
 
