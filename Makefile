@@ -9,11 +9,13 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: quickstart test venv gl clean bench
 
 # torch first, pinned: pip then leaves it alone for everything else. Never torchvision.
-.venv/.ready: pyproject.toml requirements.txt
+.venv/.ready: pyproject.toml requirements.txt requirements-libero.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-libero.txt
+	$(PY) -m pip install -q --no-deps libero==0.1.1  # its declared dependencies pull torchvision
 	$(PY) -m pip install -q --no-deps -e .
 	@if $(PY) -c "import torchvision" 2>/dev/null; then echo "torchvision is installed in .venv; remove it (pip uninstall torchvision): it breaks transformers here" >&2; exit 1; fi
 	touch $@
