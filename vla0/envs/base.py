@@ -42,7 +42,8 @@ class EnvFamily:
     extra_features: dict[str, int] = {}  # further vector observations collect records (key -> length)
     has_expert: bool = False
     options: dict = {}  # adapter-specific EnvSpec options and their defaults
-    collect_options: dict = {}  # option defaults for collection where they differ (e.g. held-out layouts)
+    training_options: dict = {}  # option defaults for episodes that train (demonstrations, RL rollouts), e.g.
+    # LIBERO's perturbed layouts, so that evaluation's layouts stay held out
     eval_seed: int | None = None  # where evaluation seeds start (None: vla0.eval.evaluate.EVAL_SEED)
     default_image_size: tuple[int, int] = (64, 64)
 

@@ -46,7 +46,7 @@ def collect(tasks: list[str], episodes: int, seed: int, out: Path, env: str = "m
     family.check_tasks(tasks, episodes, "collect")
     family.check_expert(tasks, "collect")
     # the env's collection defaults (e.g. LIBERO's perturbed layouts, never evaluation's), then the caller's
-    env_options = {**family.collect_options, **env_options}
+    env_options = {**family.training_options, **env_options}
     family.check_options(env_options)
     family.check_seeds(seed, episodes, env_options)
     image_size = tuple(image_size or family.default_image_size)

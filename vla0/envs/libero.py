@@ -24,7 +24,7 @@ The published evaluation protocol (VLA-0, openpi, OpenVLA-OFT) is the default, p
 Protocol "lerobot" is LeRobot's LIBERO evaluation: the same, except a 280 cap on libero_spatial
 and 360x360 renders (pass --image-size 360 360). results.json names the protocol it ran.
 
-Layout "perturbed" (the default for `vla0 collect`) starts from official init state
+Layout "perturbed" (the default for `vla0 collect` and `vla0 rl` rollouts) starts from official init state
 (seed mod 50) and then moves every free object by 2-4 cm in a random direction drawn from the
 seed, so demonstrations come from layouts evaluation never uses (env.reset()'s own layouts lie
 within 3-7 mm of the official ones, too close to count as held out).
@@ -98,7 +98,7 @@ class Libero(EnvFamily):
     extra_features = {}
     has_expert = True  # LIBERO-Object only (check_expert)
     options = {"protocol": "published", "layout": "official"}
-    collect_options = {"layout": "perturbed"}  # demonstrations never start from evaluation layouts
+    training_options = {"layout": "perturbed"}  # demonstrations and RL rollouts never start from evaluation layouts
     eval_seed = 0  # trial i = official init state i
 
     def __init__(self):
