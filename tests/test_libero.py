@@ -43,8 +43,13 @@ def raw_libero_env(task):
 
 
 def by_hand_state(obs):
-    """eef position + axis-angle (here through scipy, not the adapter's formula) + finger joints."""
-    rotvec = Rotation.from_quat(obs["robot0_eef_quat"]).as_rotvec()  # LIBERO's quaternions are (x, y, z, w)
+    """eef position + axis-angle + finger joints, the axis-angle written out as the published
+    protocol computes it from LIBERO's (x, y, z, w) quaternion: angle 2 acos(w), axis xyz / sin(angle / 2)."""
+    x, y, z, w = obs["robot0_eef_quat"]
+    angle = 2 * np.arccos(w)
+    rotvec = np.array([x, y, z]) / np.sin(angle / 2) * angle
+    # the same rotation as the quaternion's (scipy may write it with the opposite axis near pi)
+    assert Rotation.from_rotvec(rotvec).approx_equal(Rotation.from_quat([x, y, z, w]), atol=1e-6)
     return np.concatenate([obs["robot0_eef_pos"], rotvec, obs["robot0_gripper_qpos"]])
 
 
@@ -72,7 +77,7 @@ def test_protocol_matches_the_raw_simulator(family, env):
             raw_obs, _, done, _ = raw.step(np.r_[action[:6], snapped])
             np.testing.assert_allclose(obs["observation.state"], by_hand_state(raw_obs), atol=1e-5)
             assert "observation.images.image" not in obs  # not rendered when not asked
-            assert term == done is False and not trunc
+            assert not term and not done and not trunc
         obs, *_ = env.step(np.zeros(7), render=True)
         raw_obs, *_ = raw.step([0, 0, 0, 0, 0, 0, -1])
         np.testing.assert_array_equal(obs["observation.images.image2"], raw_obs["robot0_eye_in_hand_image"][::-1, ::-1])

@@ -186,14 +186,32 @@ class LiberoEnv:
         self._instruction = task.language
         self._init_states = np.asarray(self._load_init_states(root, task))
         h, w = spec.image_size
-        # use_camera_obs=False: robosuite would render both cameras at every step; we render
-        # ourselves, only when asked (rendering is most of a step on a CPU).
+        self._camera_obs = [f"{CAMERAS[c]}_image" for c in spec.cameras]
         self._env = OffScreenRenderEnv(bddl_file_name=os.path.join(root.get_libero_path("bddl_files"),
                                                                    task.problem_folder, task.bddl_file),
-                                       camera_heights=h, camera_widths=w, use_camera_obs=False)
+                                       camera_names=[CAMERAS[c] for c in spec.cameras] or ["agentview"],
+                                       camera_heights=h, camera_widths=w, use_camera_obs=bool(spec.cameras))
+        self._render_next = True
         self._raw = None
         self._steps = 0
         self._expert = None
+
+    def _render_lazily(self) -> None:
+        """Render the cameras only in steps that are asked to. robosuite renders its camera
+        observations at one of the physics substeps of a step (which one depends on its sampling
+        clock), and the protocol's images are those; so rather than rendering ourselves after
+        the step, its camera sensors are wrapped to render only when wanted, leaving its clock
+        and thus the frames exactly as LIBERO's. (robosuite rebuilds its observables at every
+        reset, so this is redone there.)"""
+        h, w = self.spec.image_size
+        for name in self._camera_obs:
+            observable = self._env.env._observables[name]
+            real = observable._sensor
+
+            def sensor(cache, real=real, blank=np.zeros((h, w, 3), np.uint8)):
+                return real(cache) if self._render_next else blank
+            sensor.__modality__ = real.__modality__
+            observable._sensor = sensor
 
     @staticmethod
     def _load_init_states(root, task):
@@ -210,15 +228,11 @@ class LiberoEnv:
         """LIBERO's own environment (robosuite), for the expert and for tests."""
         return self._env.env
 
-    def render(self) -> dict[str, np.ndarray]:
-        h, w = self.spec.image_size
-        images = {}
-        for cam in self.spec.cameras:
-            # MjSim.render returns OpenGL's bottom-up rows, robosuite flips them (its "opengl"
-            # convention gives LIBERO's upside-down image) and the protocol rotates that 180 degrees.
-            robosuite_img = self.sim.render(camera_name=CAMERAS[cam], width=w, height=h)[::-1]
-            images[f"observation.images.{cam}"] = np.ascontiguousarray(robosuite_img[::-1, ::-1])
-        return images
+    def images(self) -> dict[str, np.ndarray]:
+        """The cameras of the last rendered step: LIBERO's images are upside down, the protocol
+        rotates them 180 degrees."""
+        return {f"observation.images.{cam}": np.ascontiguousarray(self._raw[name][::-1, ::-1])
+                for cam, name in zip(self.spec.cameras, self._camera_obs)}
 
     def state(self) -> np.ndarray:
         raw = self._raw
@@ -226,7 +240,7 @@ class LiberoEnv:
                                raw["robot0_gripper_qpos"]]).astype(np.float32)
 
     def _obs(self, render: bool) -> dict:
-        obs = self.render() if render else {}
+        obs = self.images() if render else {}
         obs["observation.state"] = self.state()
         obs["task"] = self._instruction
         return obs
@@ -238,10 +252,13 @@ class LiberoEnv:
             raise ValueError(f"{self.spec.task}: official init states are 0..{len(self._init_states) - 1}, got {seed}")
         self._env.seed(self.protocol.seed)
         self._env.reset()
+        self._render_lazily()
+        self._render_next = self.protocol.wait_steps == 0  # only the frames after the wait steps are seen
         self._raw = self._env.set_init_state(self._init_states[seed % len(self._init_states)])
         if layout == "perturbed":
             self._raw = self._perturb(np.random.default_rng(seed))
-        for _ in range(self.protocol.wait_steps):
+        for i in range(self.protocol.wait_steps):
+            self._render_next = i == self.protocol.wait_steps - 1
             self._raw, *_ = self._env.step(WAIT_ACTION)
         self._steps = 0
         self._expert = None
@@ -269,6 +286,7 @@ class LiberoEnv:
             raise ValueError(f"{self.spec.task}: action must have {Libero.action_dim} values, got shape {action.shape}")
         action = np.clip(np.nan_to_num(action), -1.0, 1.0)
         action[-1] = 1.0 if action[-1] > 0 else -1.0
+        self._render_next = render
         self._raw, reward, done, _ = self._env.step(action)
         self._steps += 1
         success = bool(done)

@@ -121,8 +121,10 @@ def evaluate(
         if not hasattr(policy, attr):
             raise ValueError(f"evaluate: policy {type(policy).__name__} lacks {attr!r} (see vla0.eval.evaluate.Policy)")
     config = getattr(policy, "config", None)
-    if config is not None:
-        family.check_action_dim(config.action_dim, f"policy {policy.name!r}")
+    # a local policy's config, or what a served policy announced on connect (vla0.client)
+    action_dim = getattr(config, "action_dim", None) or (getattr(policy, "metadata", None) or {}).get("action_dim")
+    if action_dim is not None:
+        family.check_action_dim(action_dim, f"policy {policy.name!r}")
     cameras = tuple(family.default_cameras if cameras is None else cameras)
     family.check_cameras(cameras)
     out = Path(out)
