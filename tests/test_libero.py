@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 pytest.importorskip("libero", reason="LIBERO is installed by `make venv` (pip install -e '.[libero]')")
 
 from vla0.envs import get_env  # noqa: E402
-from vla0.envs.libero import PROTOCOLS  # noqa: E402
+from vla0.envs.libero import PROTOCOLS, LiberoEnv  # noqa: E402
 
 TASK = "libero_object/0"  # pick up the alphabet soup and place it in the basket
 
@@ -118,8 +118,10 @@ def test_perturbed_layouts_move_the_objects(family, env, monkeypatch):
     assert shift.min() > 0.01 and shift.max() < 0.06, shift
 
 
-def test_four_suites_build_offline(family):
-    for task in ("libero_spatial/0", "libero_goal/0", "libero_10/0", "libero_90/0"):
+def test_main_suites_build_offline(family):
+    """libero_object is built by the fixture; the other three main suites here (5-21 s each).
+    libero_90 shares their scenes: its task files and 50 init states per task are checked."""
+    for task in ("libero_spatial/0", "libero_goal/0", "libero_10/0"):
         e = family.make(family.spec(task))
         try:
             obs, info = e.reset(49)
@@ -127,6 +129,14 @@ def test_four_suites_build_offline(family):
             assert not any(k.startswith("observation.images.") for k in obs)  # no camera asked for
         finally:
             e.close()
+    from vla0.envs.libero_install import import_libero
+    root = import_libero()
+    import os
+    libero_90 = family._suites()["libero_90"]
+    assert len(libero_90) == 90
+    for t in libero_90:
+        assert os.path.exists(os.path.join(root.get_libero_path("bddl_files"), t.problem_folder, t.bddl_file))
+    assert len(LiberoEnv._load_init_states(root, libero_90[0])) == 50
 
 
 def test_tiny_evaluation_and_collection(tmp_path):
@@ -152,7 +162,9 @@ def test_tiny_evaluation_and_collection(tmp_path):
     assert {"observation.images.image", "observation.images.image2", "observation.state", "action"} <= set(info["features"])
     assert info["features"]["observation.state"]["shape"] == [8] and info["features"]["action"]["shape"] == [7]
     assert json.loads((out / "meta" / "vla0.json").read_text())["layout"] == "perturbed"
-    assert data.actions.shape[1] == 7 and set(np.unique(data.actions[:, 6])) <= {-1.0, 1.0}
+    assert data.action.shape[1] == 7 and set(np.unique(data.action[:, 6])) <= {-1.0, 1.0}
+    assert data.images["observation.images.image"].shape[1:] == (32, 32, 3) and data.state.shape[1] == 8
+    assert data.tasks == ["pick up the alphabet soup and place it in the basket"]
 
 
 @pytest.mark.parametrize("call,message", [
