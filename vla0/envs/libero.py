@@ -40,8 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla0.envs.base import EnvFamily, EnvSpec
-from vla0.envs.gl import ensure_gl
-from vla0.envs.libero_install import check_installed, import_libero
+from vla0.envs.libero_install import import_libero
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 INIT_STATES = 50  # official init states per task
@@ -175,8 +174,6 @@ class Libero(EnvFamily):
 
 class LiberoEnv:
     def __init__(self, spec: EnvSpec, family: Libero):
-        ensure_gl()
-        check_installed()
         root = import_libero()
         from libero.libero.envs import OffScreenRenderEnv
         self.spec = spec

