@@ -59,24 +59,38 @@ def geom_points(sim, body_id: int) -> np.ndarray:
     return np.concatenate(pts)
 
 
-def choose_yaw(target: np.ndarray, centre: np.ndarray, others: list[np.ndarray]) -> float:
-    """The closing-axis yaw (radians, world frame) whose hand footprint stays clearest of the
-    other objects, among those across which the object is narrow enough to grasp."""
-    best, best_score = 0.0, -np.inf
+def clearance(centre: np.ndarray, axis: np.ndarray, others: list[np.ndarray]) -> float:
+    """How far (m) the hand's footprint at `centre`, long along the closing `axis`, stays from
+    the other objects' points (0 when it overlaps one)."""
+    across = np.array([-axis[1], axis[0]])
+    gap = 0.1
+    for pts in others:
+        r = pts[:, :2] - centre
+        dx = np.maximum(np.abs(r @ axis) - HAND_LENGTH / 2, 0)
+        dy = np.maximum(np.abs(r @ across) - HAND_WIDTH / 2, 0)
+        gap = min(gap, float(np.hypot(dx, dy).min()))
+    return gap
+
+
+def choose_grasp(target: np.ndarray, others: list[np.ndarray]) -> tuple[float, np.ndarray]:
+    """The closing-axis yaw (radians, world frame) and the grasp point (x, y) whose hand
+    footprint stays clearest of the other objects, among the yaws across which the object fits
+    between the fingers; the grasp point may slide along the object (across the closing axis)
+    to move the hand away from a neighbour."""
+    centre = (target[:, :2].min(0) + target[:, :2].max(0)) / 2
+    best, best_score = (0.0, centre), -np.inf
     for yaw in np.arange(12) * np.pi / 12:
         axis, across = np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])
         rel = target[:, :2] - centre
-        width = np.ptp(rel @ axis)
-        clearance = 0.1
-        for pts in others:
-            r = pts[:, :2] - centre
-            # distance outside the hand's rectangle (0 inside it)
-            dx = np.maximum(np.abs(r @ axis) - HAND_LENGTH / 2, 0)
-            dy = np.maximum(np.abs(r @ across) - HAND_WIDTH / 2, 0)
-            clearance = min(clearance, float(np.hypot(dx, dy).min()))
-        score = min(clearance, 0.03) - (10.0 if width > MAX_OPENING else 0.0) - 0.2 * width
-        if score > best_score:
-            best, best_score = float(yaw), score
+        width, reach = np.ptp(rel @ axis), (np.ptp(rel @ across) / 2 - 0.015)
+        for shift in np.linspace(-0.03, 0.03, 5):
+            if abs(shift) > max(reach, 0.0):
+                continue  # the fingers would miss the object's end
+            point = centre + shift * across
+            score = (min(clearance(point, axis, others), 0.03) - (10.0 if width > MAX_OPENING else 0.0)
+                     - 0.2 * width - 0.1 * abs(shift))
+            if score > best_score:
+                best, best_score = (float(yaw), point), score
     return best
 
 
@@ -93,24 +107,25 @@ class ObjectExpert:
         pts = geom_points(self.sim, env.obj_body_id[obj])
         others = [geom_points(self.sim, env.obj_body_id[o]) for o in env.obj_body_id if o not in (obj, container)]
         basket = geom_points(self.sim, env.obj_body_id[container])
-        centre = (pts[:, :2].min(0) + pts[:, :2].max(0)) / 2
+        yaw, centre = choose_grasp(pts, others)
         bottom, top = pts[:, 2].min(), pts[:, 2].max()
         grasp_z = max(bottom + 0.02, top - 0.035)  # fingertips about 3.5 cm below the top
         hang = grasp_z - bottom  # the object hangs this far below the grip point
         carry_z = max(basket[:, 2].max(), max(o[:, 2].max() for o in others) if others else 0) + hang + 0.05
-        place = self.sim.data.get_site_xpos(region).copy()
         # the orientation to hold: the current one (pointing down) turned about world z so the
         # fingers close along the chosen axis (the closing axis is symmetric: turn at most 90 deg)
         fingers = [self.sim.data.body_xpos[self.sim.model.body_name2id(f"gripper0_{s}finger")] for s in ("left", "right")]
         now = np.arctan2(*(fingers[0] - fingers[1])[1::-1])
-        turn = (choose_yaw(pts, centre, others) - now + np.pi / 2) % np.pi - np.pi / 2
+        turn = (yaw - now + np.pi / 2) % np.pi - np.pi / 2
         eef = self.sim.data.site_xmat[env.robots[0].eef_site_id].reshape(3, 3)
         self.target_rot = Rotation.from_rotvec([0, 0, turn]) * Rotation.from_matrix(eef)
         hover = np.r_[centre, top + 0.08]
         grasp = np.r_[centre, grasp_z]
         lift = np.r_[centre, carry_z]
-        over = np.r_[place[:2], carry_z]
-        lower = np.r_[place[:2], max(place[2], basket[:, 2].max() - 0.02) + hang]
+        # LIBERO's In(object, region) holds when the object's body origin lies in the region's
+        # box: lower the hand to where the held object's origin reaches the region's centre
+        lower = self.sim.data.get_site_xpos(region) - (self.sim.data.body_xpos[env.obj_body_id[obj]] - grasp)
+        over = np.r_[lower[:2], carry_z]
         # (name, target position, gripper, done when position error < tol or after `steps` steps)
         self.plan = [("hover", hover, -1, 0.01, 60), ("descend", grasp, -1, 0.006, 40),
                      ("close", grasp, 1, None, CLOSE_STEPS), ("lift", lift, 1, 0.02, 40),
