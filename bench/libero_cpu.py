@@ -1,10 +1,11 @@
 """LIBERO on a CPU: scripted demonstrations for LIBERO-Object tasks, the embedded tiny model
 trained by the VLA-0 recipe, evaluated on the official init states by the published protocol
-next to the scripted expert and a random policy. Writes bench/results/libero.json.
+next to the scripted expert and a random policy. Writes bench/results/libero.json. (The file is
+not named libero.py: run as a script, that name would shadow the libero package.)
 
-usage: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 MUJOCO_GL=egl python bench/libero.py
+usage: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 MUJOCO_GL=egl python bench/libero_cpu.py
        [--tasks 0,1,2] [--demos 40] [--steps 3000] [--trials 20] [--camera-size 64]
-smoke test (minutes): python bench/libero.py --tasks 0 --demos 1 --steps 2 --trials 1 --out /tmp/lb --no-save
+smoke test (minutes): python bench/libero_cpu.py --tasks 0 --demos 1 --steps 2 --trials 1 --out /tmp/lb --no-save
 
 Every phase skips itself when its output exists in --out, so an interrupted run resumes (and
 each evaluation resumes episode by episode).
@@ -102,7 +103,7 @@ def main() -> None:
     demos = json.loads((data / "meta" / "vla0.json").read_text())
     report = {
         "bench": "libero",
-        "command": "python bench/libero.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+        "command": "python bench/libero_cpu.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                        (("tasks", args.tasks), ("demos", args.demos),
                                                         ("steps", args.steps), ("trials", args.trials),
                                                         ("camera_size", args.camera_size))),
