@@ -26,7 +26,8 @@ class CollectConfig:
     keep_failures: bool = option(False, "also write the expert's failed episodes")
     visible_goal: bool = option(True, "Meta-World: a larger green goal marker (rendering only)")
     protocol: str | None = option(None, "LIBERO: evaluation protocol, published (default) or lerobot")
-    layout: str | None = option(None, "LIBERO: 'perturbed' (default for collect: held-out from evaluation) or 'official'")
+    layout: str | None = option(None, "LIBERO: 'perturbed' (default for collect: layouts evaluation never uses) "
+                                "or 'official'")
     overwrite: bool = option(False, "replace an existing --out")
     progress: bool = option(True, "progress bar")
 
@@ -75,9 +76,10 @@ def cmd_collect(args) -> None:
     from vla0.envs.collect import collect
     cfg = build(CollectConfig, args)
     family = get_env(cfg.env)
-    out = collect(family.select_tasks(cfg.tasks, cfg.suite), cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env, cameras=cfg.cameras,
-                  image_size=cfg.image_size and tuple(cfg.image_size), num_workers=cfg.workers, keep_failures=cfg.keep_failures,
-                  progress=cfg.progress, max_episode_steps=cfg.max_episode_steps, overwrite=cfg.overwrite,
+    out = collect(family.select_tasks(cfg.tasks, cfg.suite), cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env,
+                  cameras=cfg.cameras, image_size=cfg.image_size and tuple(cfg.image_size), num_workers=cfg.workers,
+                  keep_failures=cfg.keep_failures, progress=cfg.progress, max_episode_steps=cfg.max_episode_steps,
+                  overwrite=cfg.overwrite,
                   **env_options(cfg, family))
     print(f"wrote {out}")
 

@@ -56,7 +56,8 @@ class EnvFamily:
         also be named by its id within the suite (e.g. "3" for "libero_object/3")."""
         if suite is None:
             if not tasks:
-                raise ValueError("give --tasks" + (f" or --suite ({', '.join(self.suites())})" if self.suites() else ""))
+                suites = f" or --suite ({', '.join(self.suites())})" if self.suites() else ""
+                raise ValueError(f"give --tasks{suites}")
             return list(tasks)
         suites = self.suites()
         if suite not in suites:

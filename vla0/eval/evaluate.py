@@ -137,7 +137,8 @@ def evaluate(
     blind = {t: family.spec(t, (), image_size, max_episode_steps, **env_options) for t in tasks}
     options = full[tasks[0]].options
     config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
-    settings = {"policy": policy.name, "policy_id": policy_id, "policy_config": config, "env": env, "cameras": list(cameras), "image_size": list(image_size),
+    settings = {"policy": policy.name, "policy_id": policy_id, "policy_config": config, "env": env,
+                "cameras": list(cameras), "image_size": list(image_size),
                 "env_options": options, "max_episode_steps": max_episode_steps,
                 "temperature": getattr(policy, "temperature", None)}
     settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
