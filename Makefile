@@ -11,11 +11,13 @@ export TOKENIZERS_PARALLELISM ?= false
 # torch first, pinned: pip then leaves it alone for everything else. Never torchvision.
 # For the tests: openpi-client without its numpy<2 pin, which its code does not need; ray, the
 # optional extra vla0[ray] (--ray).
-.venv/.ready: pyproject.toml requirements.txt
+.venv/.ready: pyproject.toml requirements.txt requirements-libero.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-libero.txt
+	$(PY) -m pip install -q --no-deps libero==0.1.1  # its declared dependencies pull torchvision
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q --no-deps openpi-client==0.1.2
 	$(PY) -m pip install -q ray==2.60.0

@@ -11,7 +11,7 @@ from vla0.cli import main
      "unknown metaworld task 'fly-v3'; valid tasks: "),
     (["eval", "--policy", "expert", "--tasks", "fly-v3", "--out", "{tmp}/e"], "unknown metaworld task 'fly-v3'"),
     (["eval", "--policy", "{tmp}", "--tasks", "reach-v3", "--out", "{tmp}/e"], "is not a vla0 policy or run folder"),
-    (["eval", "--env", "libero", "--policy", "expert", "--tasks", "x", "--out", "{tmp}/e"], "unknown env 'libero'; registered environments: metaworld"),
+    (["eval", "--env", "gazebo", "--policy", "expert", "--tasks", "x", "--out", "{tmp}/e"], "unknown env 'gazebo'; registered environments: libero, metaworld"),
     (["train", "--model", "{tmp}", "--dataset", "{tmp}", "--out", "{tmp}/r", "--steps", "1"], "meta/info.json"),
     (["serve", "--policy", "{tmp}/none"], "{tmp}/none"),
 ])

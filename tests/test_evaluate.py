@@ -83,3 +83,30 @@ def test_bad_policy_output(tmp_path):
     with pytest.raises(ValueError, match=r"expected \(1, 4\)"):
         evaluate(Bad([-1.0] * 4, [1.0] * 4), ["reach-v3"], 1, out=tmp_path, cameras=(), num_workers=0, videos=0,
                  progress=False)
+
+
+def test_evaluation_resumes_from_a_partial_episode_file(tmp_path):
+    """A killed evaluation leaves whole lines and at most one partial last line in
+    episodes.jsonl; the rerun runs only the missing episodes and reports all of them."""
+    kw = dict(seed=10_000, out=tmp_path, cameras=(), num_workers=0, videos=0, progress=False)
+    full = evaluate(ExpertPolicy(), ["reach-v3"], 3, **kw)
+    lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    (tmp_path / "episodes.jsonl").write_text(lines[1] + "\n" + lines[0][:17])  # as a kill mid-write leaves it
+    (tmp_path / "results.json").unlink()
+
+    class Counting(ExpertPolicy):
+        resets = 0
+
+        def reset(self, env_ids=None):
+            Counting.resets += env_ids is not None  # one per episode started
+
+    again = evaluate(Counting(), ["reach-v3"], 3, **kw)
+    assert Counting.resets == 2  # seeds 10_000 and 10_002 ran again, 10_001 was kept
+    assert again["resumed_episodes"] == 1
+    assert [e["seed"] for e in again["episodes"]] == [10_000, 10_001, 10_002]
+    assert again["episodes"] == full["episodes"]
+    assert again["tasks"]["reach-v3"]["successes"] == 3
+
+    with pytest.raises(ValueError, match="different evaluation .*image_size"):
+        evaluate(ExpertPolicy(), ["reach-v3"], 3, **{**kw, "image_size": (32, 32)})

@@ -95,7 +95,7 @@ def test_visible_goal_only_changes_rendering():
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown metaworld task 'reach-v2'; valid tasks"):
         get_env("metaworld").check_task("reach-v2")
-    with pytest.raises(ValueError, match="unknown env 'fly'; registered environments: metaworld"):
+    with pytest.raises(ValueError, match="unknown env 'fly'; registered environments: libero, metaworld"):
         get_env("fly")
     with pytest.raises(ValueError, match="unknown metaworld option"):
         EnvSpec("metaworld", "reach-v3", options={"glow": True})

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError, ImportError) as e:  # OSError: missing files, no GL; ImportError: an extra
+    except (ValueError, OSError, ImportError) as e:  # missing files and folders, no GL library, an
+        # optional simulator not installed (its error names the install command)
         # A user's mistake gets one line naming what and where, not a traceback.
         if os.environ.get("VLA0_DEBUG"):
             raise

@@ -12,32 +12,40 @@ from vla0.options import add_options, build, option
 
 @dataclass
 class CollectConfig:
-    tasks: list[str] = option(help="comma-separated, e.g. reach-v3,drawer-open-v3")
     episodes: int = option(help="expert attempts per task (seeds seed..seed+N-1); failed attempts are dropped")
     out: str = option(help="dataset folder to write (LeRobotDataset v3.0)")
+    tasks: list[str] | None = option(None, "comma-separated, e.g. reach-v3,drawer-open-v3 (under --suite: ids)")
     env: str = option("metaworld", "registered environment (vla0.envs)")
+    suite: str | None = option(None, "a benchmark suite of the env (LIBERO: libero_object, ...): all its tasks, "
+                               "or those --tasks names by id")
     seed: int = option(0, "episode e of a task uses seed + e")
     cameras: list[str] | None = option(None, "cameras to record (default: the env's default cameras)")
-    image_size: list[int] = option(help="HxW per camera", default_factory=lambda: [64, 64])
+    image_size: list[int] | None = option(None, "HxW per camera (default: the env's, 64x64 for Meta-World)")
     max_episode_steps: int | None = option(None, "episode cap (default: the env's per-task cap)",
                                            aliases=("--max-steps",))
     workers: int = option(2, "env worker processes")
     keep_failures: bool = option(False, "also write the expert's failed episodes")
     visible_goal: bool = option(True, "Meta-World: a larger green goal marker (rendering only)")
+    protocol: str | None = option(None, "LIBERO: evaluation protocol, published (default) or lerobot")
+    layout: str | None = option(None, "LIBERO: 'perturbed' (default for collect: layouts evaluation never uses) "
+                                "or 'official'")
     overwrite: bool = option(False, "replace an existing --out")
     progress: bool = option(True, "progress bar")
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = option(help="comma-separated tasks")
     out: str = option(help="folder for results.json, success.png, videos/")
     policy: str | None = option(None, "policy or run folder, or 'random' / 'expert'")
     server: str | None = option(None, "evaluate a policy served by `vla0 serve` (ws://HOST:PORT)")
     api_key: str | None = option(None, "the server's API key")
     env: str = option("metaworld", "registered environment (vla0.envs)")
-    episodes: int = option(20, "held-out episodes per task")
-    seed: int = option(10_000, "episode e uses seed + e; demonstrations use 0.. by default")
+    tasks: list[str] | None = option(None, "comma-separated tasks (under --suite: ids, e.g. 0,3)")
+    suite: str | None = option(None, "a benchmark suite of the env (LIBERO: libero_spatial, libero_object, "
+                               "libero_goal, libero_10, libero_90): all its tasks, or those --tasks names")
+    episodes: int = option(20, "held-out episodes per task", aliases=("--trials",))
+    seed: int | None = option(None, "episode e uses seed + e (default: 10000, held out from demonstrations; "
+                              "LIBERO: 0, trial i = official init state i)")
     cameras: list[str] | None = option(None, "default: the policy's cameras")
     image_size: list[int] | None = option(None, "rendered HxW (default: the size the policy was trained on)")
     ensemble: int | None = option(None, "override the policy's temporal ensembling window")
@@ -57,12 +65,15 @@ class EvalConfig:
     batch_envs: int | None = option(None, "episodes run in lockstep (one batched model call)")
     ray: str | None = option(None, "Ray cluster address for the env slots (--ray [ADDRESS])", cli=False)
     visible_goal: bool = option(True, "Meta-World: a larger green goal marker (must match the demonstrations)")
+    protocol: str | None = option(None, "LIBERO: evaluation protocol, published (default: caps 220/280/300/520/400) "
+                                  "or lerobot (280 on libero_spatial)")
+    layout: str | None = option(None, "LIBERO: 'official' init states (default) or 'perturbed'")
     progress: bool = option(True, "progress bar")
 
 
 def env_options(cfg, family) -> dict:
     """The options of a command's config that the environment declares (EnvFamily.options)."""
-    return {k: getattr(cfg, k) for k in family.options if hasattr(cfg, k)}
+    return {k: getattr(cfg, k) for k in family.options if getattr(cfg, k, None) is not None}
 
 
 def cmd_collect(args) -> None:
@@ -70,9 +81,10 @@ def cmd_collect(args) -> None:
     from vla0.envs.collect import collect
     cfg = build(CollectConfig, args)
     family = get_env(cfg.env)
-    out = collect(cfg.tasks, cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env, cameras=cfg.cameras,
-                  image_size=tuple(cfg.image_size), num_workers=cfg.workers, keep_failures=cfg.keep_failures,
-                  progress=cfg.progress, max_episode_steps=cfg.max_episode_steps, overwrite=cfg.overwrite,
+    out = collect(family.select_tasks(cfg.tasks, cfg.suite), cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env,
+                  cameras=cfg.cameras, image_size=cfg.image_size and tuple(cfg.image_size), num_workers=cfg.workers,
+                  keep_failures=cfg.keep_failures, progress=cfg.progress, max_episode_steps=cfg.max_episode_steps,
+                  overwrite=cfg.overwrite,
                   **env_options(cfg, family))
     print(f"wrote {out}")
 
@@ -104,7 +116,13 @@ def cmd_eval(args) -> None:
     from vla0.eval.evaluate import evaluate
     cfg = build(EvalConfig, args)
     family = get_env(cfg.env)
-    family.check_tasks(cfg.tasks, cfg.episodes, "eval")  # before loading any model
+    tasks = family.select_tasks(cfg.tasks, cfg.suite)
+    # every check that needs no model, before loading one
+    family.check_tasks(tasks, cfg.episodes, "eval")
+    family.check_options(env_options(cfg, family))
+    first_seed = cfg.seed if cfg.seed is not None else family.eval_seed
+    if first_seed is not None:
+        family.check_seeds(first_seed, cfg.episodes, env_options(cfg, family))
     if cfg.ray is not None:
         from vla0.envs.ray_pool import require_ray
         require_ray()
@@ -117,8 +135,9 @@ def cmd_eval(args) -> None:
         cameras = cameras or trained_cameras
         size = size or tuple(next(iter(shapes.values()), (64, 64)))
     try:
-        results = evaluate(policy, cfg.tasks, cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env,
-                           cameras=tuple(cameras or family.default_cameras[:1]), image_size=tuple(size or (64, 64)),
+        results = evaluate(policy, tasks, cfg.episodes, cfg.seed, Path(cfg.out), env=cfg.env,
+                           cameras=tuple(cameras or family.default_cameras[:1]), image_size=size and tuple(size),
+                           policy_id=cfg.server or cfg.policy,
                            num_workers=cfg.workers, batch_envs=cfg.batch_envs,
                            max_episode_steps=cfg.max_episode_steps, videos=cfg.videos, progress=cfg.progress,
                            ray=cfg.ray, **env_options(cfg, family))

@@ -42,6 +42,48 @@ class EnvFamily:
     extra_features: dict[str, int] = {}  # further vector observations collect records (key -> length)
     has_expert: bool = False
     options: dict = {}  # adapter-specific EnvSpec options and their defaults
+    training_options: dict = {}  # option defaults for episodes that train (demonstrations, RL rollouts), e.g.
+    # LIBERO's perturbed layouts, so that evaluation's layouts stay held out
+    eval_seed: int | None = None  # where evaluation seeds start (None: vla0.eval.evaluate.EVAL_SEED)
+    default_image_size: tuple[int, int] = (64, 64)
+
+    def suites(self) -> dict[str, list[str]]:
+        """Named groups of tasks (a benchmark's suites), if the env has any."""
+        return {}
+
+    def select_tasks(self, tasks: list[str] | None, suite: str | None = None) -> list[str]:
+        """The tasks a command names: `tasks`, or every task of `suite`; under a suite a task may
+        also be named by its id within the suite (e.g. "3" for "libero_object/3")."""
+        if suite is None:
+            if not tasks:
+                suites = f" or --suite ({', '.join(self.suites())})" if self.suites() else ""
+                raise ValueError(f"give --tasks{suites}")
+            return list(tasks)
+        suites = self.suites()
+        if suite not in suites:
+            valid = ", ".join(suites) if suites else "none"
+            raise ValueError(f"unknown {self.name} suite {suite!r}; valid suites: {valid}")
+        if not tasks:
+            return list(suites[suite])
+        return [t if t in suites[suite] else f"{suite}/{t}" for t in tasks]
+
+    def check_options(self, options: dict) -> None:
+        """Reject bad option values (names are checked by EnvSpec)."""
+
+    def check_seeds(self, seed: int, episodes: int, options: dict) -> None:
+        """Reject episode seeds the env cannot start from (e.g. more trials than init states)."""
+
+    def check_expert(self, tasks: list[str], who: str) -> None:
+        if not self.has_expert:
+            raise ValueError(f"{who}: {self.name} has no scripted expert")
+
+    def task_fields(self, task: str) -> dict:
+        """What results.json records about a task beyond its name (e.g. suite and task id)."""
+        return {}
+
+    def episode_fields(self, task: str, seed: int, options: dict) -> dict:
+        """What results.json records about an episode beyond task and seed (e.g. an init state)."""
+        return {}
 
     def tasks(self) -> list[str]:
         raise NotImplementedError
@@ -116,7 +158,7 @@ class EnvSpec:
 
 
 # name -> "module:Class"; adapters load on first use
-_REGISTRY: dict[str, str] = {"metaworld": "vla0.envs.metaworld:MetaWorld"}
+_REGISTRY: dict[str, str] = {"metaworld": "vla0.envs.metaworld:MetaWorld", "libero": "vla0.envs.libero:Libero"}
 _LOADED: dict[str, EnvFamily] = {}
 
 

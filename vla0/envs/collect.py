@@ -25,7 +25,7 @@ from vla0.envs.runner import EnvExpert, EpisodeJob, EpisodeResult, EpisodeRunner
 
 
 def collect(tasks: list[str], episodes: int, seed: int, out: Path, env: str = "metaworld",
-            cameras: tuple[str, ...] | None = None, image_size: tuple[int, int] = (64, 64),
+            cameras: tuple[str, ...] | None = None, image_size: tuple[int, int] | None = None,
             num_workers: int = 2, keep_failures: bool = False, progress: bool = True,
             max_episode_steps: int | None = None, overwrite: bool = False, **env_options) -> Path:
     """Run the scripted expert and write its episodes to `out`; returns `out`."""
@@ -33,8 +33,12 @@ def collect(tasks: list[str], episodes: int, seed: int, out: Path, env: str = "m
     family = get_env(env)
     tasks = list(tasks)
     family.check_tasks(tasks, episodes, "collect")
-    if not family.has_expert:
-        raise ValueError(f"collect: {env} has no scripted expert")
+    family.check_expert(tasks, "collect")
+    # the env's collection defaults (e.g. LIBERO's perturbed layouts, never evaluation's), then the caller's
+    env_options = {**family.training_options, **env_options}
+    family.check_options(env_options)
+    family.check_seeds(seed, episodes, env_options)
+    image_size = tuple(image_size or family.default_image_size)
     if out.exists() and not overwrite:
         raise FileExistsError(f"collect: output folder already exists: {out} (use overwrite)")
     cameras = tuple(family.default_cameras if cameras is None else cameras)

@@ -89,17 +89,24 @@ class EpisodeRunner:
         expert = getattr(policy, "acts_in_env", False)
         policy.reset(None)
 
-        def start(slot: int) -> None:
-            i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), pending[0])
-            pending.remove(i)
-            job = jobs[i]
-            slot_spec[slot] = job.spec
-            policy.reset([slot])
-            obs = pool.reset([job.spec], [job.seed], ids=[slot])[0]
-            active[slot] = [i, obs, 0, [] if job.record else None, [] if job.record else None]
+        def start(slots: list[int]) -> None:
+            """Start the next jobs in these slots: one pool call, so workers build and reset in parallel."""
+            chosen = []
+            for slot in slots[:len(pending)]:
+                i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), pending[0])
+                pending.remove(i)
+                slot_spec[slot] = jobs[i].spec
+                policy.reset([slot])
+                chosen.append((slot, i))
+            if not chosen:
+                return
+            obs = pool.reset([jobs[i].spec for _, i in chosen], [jobs[i].seed for _, i in chosen],
+                             ids=[slot for slot, _ in chosen])
+            for (slot, i), o in zip(chosen, obs):
+                rec = jobs[i].record
+                active[slot] = [i, o, 0, [] if rec else None, [] if rec else None]
 
-        for slot in range(min(self.batch, len(jobs))):
-            start(slot)
+        start(list(range(min(self.batch, len(jobs)))))
         while active:
             ids = sorted(active)
             if expert:
@@ -113,6 +120,7 @@ class EpisodeRunner:
             wanted = policy.needs_observation(ids) if hasattr(policy, "needs_observation") else [True] * len(ids)
             render = [w or active[s][3] is not None for s, w in zip(ids, wanted)]  # recordings see every frame
             out = pool.step(list(actions), ids=ids, render=render)
+            ended = []
             for slot, action, r, (next_obs, _, term, trunc, info) in zip(ids, actions, render, out):
                 ep = active[slot]
                 if ep[3] is not None:
@@ -131,6 +139,7 @@ class EpisodeRunner:
                 del active[slot]
                 if on_end is not None:
                     on_end(res)
-                if pending:
-                    start(slot)
+                ended.append(slot)
+            if pending and ended:
+                start(ended)
         return results  # type: ignore[return-value]

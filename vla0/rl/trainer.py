@@ -87,7 +87,8 @@ class RLConfig:
     eval_every: int = option(0, "held-out evaluation every k iterations (0 = never; also at start and end)",
                              group="schedule")
     eval_episodes: int = option(10, "per task", group="schedule")
-    eval_seed: int = option(10_000, group="schedule")
+    eval_seed: int | None = option(None, "default: the env's (10000; LIBERO: 0, its official init states)",
+                                   group="schedule")
     eval_max_episode_steps: int | None = option(None, "held-out episode cap (default: the env's, as `vla0 eval`)",
                                                 aliases=("--eval-max-steps",), group="schedule")
     save_every: int = option(1, "checkpoint every k iterations", group="schedule")
@@ -104,7 +105,11 @@ class RLConfig:
 
 def check_rl_config(cfg: RLConfig) -> None:
     from vla0.policy.policy import resolve_policy_dir
-    get_env(cfg.env).check_tasks(cfg.tasks, cfg.eval_episodes, "vla0 rl")
+    family = get_env(cfg.env)
+    family.check_tasks(cfg.tasks, cfg.eval_episodes, "vla0 rl")
+    if cfg.eval_seed is None:  # resolved here, so rl_config.json records the seeds used
+        cfg.eval_seed = 10_000 if family.eval_seed is None else family.eval_seed
+    family.check_seeds(cfg.eval_seed, cfg.eval_episodes, cfg.env_options())
     if cfg.group_size < 2:
         raise ValueError(f"--group-size must be >= 2 (GRPO compares rollouts within a group), got {cfg.group_size}")
     if cfg.lr <= 0 or cfg.warmup_steps < 0:
@@ -173,7 +178,7 @@ class RLTrainer:
                                    batch_envs=cfg.batch_envs, env=cfg.env,
                                    cameras=tuple(cfg.cameras) if cfg.cameras else None,
                                    image_size=tuple(cfg.image_size) if cfg.image_size else None,
-                                   env_options=cfg.env_options())
+                                   env_options={**get_env(cfg.env).training_options, **cfg.env_options()})
         self.settings = settings
         if cfg.ray is not None:  # rollout workers on Ray actors; they start from the source policy
             from vla0.rl.ray_rollout import RayRolloutWorkers
