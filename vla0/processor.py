@@ -64,9 +64,11 @@ class ActionProcessor:
         return [self.prompt(f, t) for f, t in zip(frames, tasks)]
 
     def training_example(self, frames: list[np.ndarray], task: str, actions: np.ndarray, rng: np.random.Generator,
-                         mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
-        """One training sample: random crop, action text with masked augmentation, labels."""
-        return self.encoder.training_example(frames, task, self.codec.encode(actions), rng, mask_max_frac, p_no_mask)
+                         mask_max_frac: float = 0.4, p_no_mask: float = 0.1, jitter: dict | None = None) -> Encoded:
+        """One training sample: random crop, colour jitter ({brightness, contrast, saturation, hue};
+        None = off), action text with masked augmentation, labels."""
+        return self.encoder.training_example(frames, task, self.codec.encode(actions), rng, mask_max_frac, p_no_mask,
+                                             jitter)
 
     # -- post: tokens -> actions ----------------------------------------------------------------
     def decode(self, tokens: list[int]) -> DecodedChunk:

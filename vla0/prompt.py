@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vla0.config import PolicyConfig
-from vla0.images import arrange, crop_resize
+from vla0.images import arrange, color_jitter, crop_resize
 
 IGNORE = -100
 SYSTEM_PROMPT = (
@@ -58,10 +58,14 @@ class PromptEncoder:
         self._templates: dict[tuple[str, int], list[int]] = {}
 
     # -- images -------------------------------------------------------------------------------
-    def images(self, frames: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
+    def images(self, frames: list[np.ndarray], rng: np.random.Generator | None,
+               jitter: dict | None = None) -> list[np.ndarray]:
+        """Crop (random with rng, else centred) and resize each camera; jitter colours in training."""
         size = tuple(self.config.image_size) if self.config.image_size else None
-        return arrange([crop_resize(f, size, self.config.crop_fraction, rng) for f in frames],
-                       self.config.image_layout)
+        images = [crop_resize(f, size, self.config.crop_fraction, rng) for f in frames]
+        if jitter and rng is not None:
+            images = [color_jitter(im, rng, **jitter) for im in images]
+        return arrange(images, self.config.image_layout)
 
     def pixels(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.image_processor(images=images, return_tensors="pt")
@@ -79,8 +83,9 @@ class PromptEncoder:
             self._templates[key] = self.tokenizer.encode(text, add_special_tokens=False)
         return self._templates[key]
 
-    def prompt(self, frames: list[np.ndarray], task: str, rng: np.random.Generator | None = None) -> Encoded:
-        pixel_values, grid = self.pixels(self.images(frames, rng))
+    def prompt(self, frames: list[np.ndarray], task: str, rng: np.random.Generator | None = None,
+               jitter: dict | None = None) -> Encoded:
+        pixel_values, grid = self.pixels(self.images(frames, rng, jitter))
         counts = iter((grid.prod(-1) // self.merge**2).tolist())
         ids: list[int] = []
         for t in self._template(task, len(grid)):
@@ -92,8 +97,9 @@ class PromptEncoder:
         return self.tokenizer.encode(action_text, add_special_tokens=False)
 
     def training_example(self, frames: list[np.ndarray], task: str, action_text: str,
-                         rng: np.random.Generator, mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
-        ex = self.prompt(frames, task, rng)
+                         rng: np.random.Generator, mask_max_frac: float = 0.4, p_no_mask: float = 0.1,
+                         jitter: dict | None = None) -> Encoded:
+        ex = self.prompt(frames, task, rng, jitter)
         target = self.action_ids(action_text)
         inputs, labels = list(target), list(target)
         # Masked action augmentation: hide some action characters so the model must read the

@@ -1,9 +1,11 @@
 """`vla0 train`: fine-tune an unmodified VLM to write action chunks as text (VLA-0).
 
-One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionProcessor.training_example
-(action text, crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
-Runs on one process or under torchrun / accelerate launch (each rank takes its slice of every
-global batch). The data order is a pure function of (seed, step), so --resume continues exactly.
+One batch, from disk to loss: LeRobot frames, read when drawn (ChunkDataset over a FrameSource:
+videos, a memory-mapped frame cache, or memory) -> ActionProcessor.training_example (action text,
+crop, jitter, tile, tokens, masked augmentation, labels) -> collate, all in DataLoader workers
+(vla0.train.loader) -> VLM cross-entropy. Runs on one process or under torchrun / accelerate
+launch (each rank takes its slice of every global batch). The data order is a pure function of
+(seed, step), so --resume continues exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -23,13 +24,15 @@ from transformers import get_scheduler
 
 from vla0.config import IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
+from vla0.data.hub import resolve_dataset
 from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
+from vla0.data.streaming import FrameSource, build_frame_cache, check_videos
 from vla0.io import save_folder_atomic
 from vla0.model.vlm import check_model_folder, load_vlm
 from vla0.options import option
 from vla0.processor import ActionProcessor
-from vla0.prompt import collate
 from vla0.train.checkpoint import TRAINER_STATE, latest_checkpoint, save_checkpoint
+from vla0.train.loader import StepSampler, TrainingExamples, batches_per_epoch, training_loader
 
 NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 
@@ -38,7 +41,7 @@ NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 class TrainConfig:
     # -- what to train on --
     model: str = option(help="model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct")
-    dataset: str = option(help="LeRobotDataset folder (v3.0 or v2.1)")
+    dataset: str = option(help="LeRobotDataset (v3.0 or v2.1): a folder, or a hub id ORG/NAME[@REVISION]")
     out: str = option(help="run folder: checkpoints, policy/, train_log.jsonl")
     cameras: list[str] | None = option(None, "cameras the policy reads (default: every camera of the dataset)")
     # -- actions as text (VLA-0) --
@@ -55,6 +58,14 @@ class TrainConfig:
     mask_max_frac: float = option(0.4, "masked action augmentation: most of the action characters masked",
                                   group="images")
     mask_p_none: float = option(0.1, "fraction of samples left unmasked", group="images")
+    color_jitter: tuple[float, float, float, float] = option(
+        (0.0, 0.0, 0.0, 0.0), "training colour jitter: brightness contrast saturation hue (0 = off)", group="images")
+    # -- data loading --
+    workers: int = option(1, "DataLoader worker processes decoding and preprocessing (0 = in the training "
+                          "process)", group="data")
+    prefetch: int = option(4, "micro-batches each worker prepares ahead", group="data")
+    frame_cache: str | None = option(None, "folder for a memory-mapped cache of frames resized for training, "
+                                     "built once (default: decode the videos when a sample is drawn)", group="data")
     # -- optimiser and schedule --
     lr: float = option(5e-6, "AdamW learning rate", group="optimiser")
     weight_decay: float = option(0.0, group="optimiser")
@@ -84,8 +95,9 @@ class TrainConfig:
     progress: bool = option(True, "progress bar", group="run")
 
 
-def check_config(cfg: TrainConfig) -> dict:
-    """Every user mistake we can see before loading anything; returns the dataset's info.json."""
+def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
+    """Every user mistake we can see before loading anything; returns the dataset's folder (a hub
+    id resolved through the hub cache) and its info.json."""
     if (cfg.epochs is None) == (cfg.steps is None):
         raise ValueError("give exactly one of --epochs or --steps")
     if cfg.schedule not in ("constant", "cosine"):
@@ -98,7 +110,12 @@ def check_config(cfg: TrainConfig) -> dict:
         raise ValueError(f"--n-action-steps ({cfg.n_action_steps}) must be in 1..--chunk-size ({cfg.chunk_size})")
     if not 0 <= cfg.mask_max_frac <= 1:
         raise ValueError(f"--mask-max-frac must be in [0, 1], got {cfg.mask_max_frac}")
-    info = validate_lerobot(Path(cfg.dataset))
+    if cfg.workers < 0 or cfg.prefetch < 1:
+        raise ValueError(f"--workers must be >= 0 and --prefetch >= 1, got {cfg.workers} and {cfg.prefetch}")
+    if min(cfg.color_jitter) < 0 or cfg.color_jitter[3] > 0.5:
+        raise ValueError(f"--color-jitter values must be >= 0 (hue <= 0.5), got {cfg.color_jitter}")
+    root = resolve_dataset(cfg.dataset, cfg.cameras)
+    info = validate_lerobot(root)
     cameras = [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
     unknown = [c for c in (cfg.cameras or []) if c not in cameras]
     if unknown:
@@ -112,19 +129,20 @@ def check_config(cfg: TrainConfig) -> dict:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if not cfg.resume:
         check_model_folder(cfg.model)
-    return info
+    return root, info
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        info = check_config(cfg)
+        root, info = check_config(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out)
         # bf16 autocast is applied by hand: accelerate's mixed_precision is process-global state
         # that refuses a second Trainer with another precision in the same process.
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
-        data = load_lerobot(Path(cfg.dataset), cameras=cameras)
+        data = load_lerobot(root, cameras=cameras, decode=False)  # tables only: frames are read when drawn
+        check_videos(data)  # a truncated video fails now, not mid-run
         self.policy_config = PolicyConfig(
             action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
             chunk_size=cfg.chunk_size, num_bins=cfg.num_bins, normalization=cfg.normalization,
@@ -134,7 +152,15 @@ class Trainer:
             state_dim=0 if data.state is None else int(data.state.shape[1]),
             n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
             dataset=str(cfg.dataset), training={"train": asdict(cfg)})
-        self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.chunk_size)
+        cache = None
+        if cfg.frame_cache:
+            if self.acc.is_main_process:  # one process builds it; the others wait, then map it
+                build_frame_cache(data, self.policy_config.image_keys, Path(cfg.frame_cache), cfg.image_size,
+                                  cfg.crop_fraction, progress=cfg.progress)
+            self.acc.wait_for_everyone()
+            cache = build_frame_cache(data, self.policy_config.image_keys, Path(cfg.frame_cache), cfg.image_size,
+                                      cfg.crop_fraction)
+        self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.chunk_size, FrameSource(data, cache))
 
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
         self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
@@ -147,11 +173,15 @@ class Trainer:
                 model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                                          target_modules=cfg.lora_targets, lora_dropout=0.0))
         self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
+        jitter = dict(zip(("brightness", "contrast", "saturation", "hue"), cfg.color_jitter)) if any(
+            cfg.color_jitter) else None
+        self.examples = TrainingExamples(self.dataset, self.processor, cfg.seed, cfg.mask_max_frac, cfg.mask_p_none,
+                                         jitter)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         world = self.acc.num_processes
         self.global_batch = cfg.batch_size * world
-        self.batches_per_epoch = max(1, len(self.dataset) // self.global_batch)
+        self.batches_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         # Stepped by hand once per optimizer step (accelerate's wrapper would step it per process).
         self.scheduler = get_scheduler("cosine" if cfg.schedule == "cosine" else "constant_with_warmup",
@@ -159,7 +189,6 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.step = 0
-        self._order: tuple[int | None, np.ndarray | None] = (None, None)  # (epoch, its frame order)
         if resume_from:
             state = torch.load(resume_from / TRAINER_STATE, weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -168,25 +197,12 @@ class Trainer:
             self.step = state["step"]
 
     # -- data -----------------------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """The shuffled frame order of an epoch, computed once per epoch rather than per step."""
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)))
-        return self._order[1]
-
-    def micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
-        """This rank's share of global micro-batch number `micro` (a pure function of seed and micro)."""
-        epoch, position = divmod(micro, self.batches_per_epoch)
-        order = self._epoch_order(epoch)
-        rank = self.acc.process_index
-        start = position * self.global_batch + rank * self.cfg.batch_size
-        examples = []
-        for idx in order[start:start + self.cfg.batch_size]:
-            sample = self.dataset[int(idx)]
-            rng = np.random.default_rng([self.cfg.seed, epoch, int(idx)])
-            examples.append(self.processor.training_example(sample.frames, sample.task, sample.actions, rng,
-                                                            self.cfg.mask_max_frac, self.cfg.mask_p_none))
-        return collate(examples, self.processor.pad_id, padding_side="right")
+    def batches(self, first_micro: int):
+        """This rank's micro-batches from global micro-batch `first_micro` to the end of the run."""
+        cfg = self.cfg
+        sampler = StepSampler(len(self.dataset), cfg.batch_size, self.acc.num_processes, self.acc.process_index,
+                              cfg.seed, first_micro, self.total_steps * cfg.grad_accum)
+        return training_loader(self.examples, sampler, self.processor.pad_id, cfg.workers, cfg.prefetch)
 
     # -- loop -----------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -195,11 +211,12 @@ class Trainer:
         log = open(self.out / "train_log.jsonl", "a") if acc.is_main_process else None
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process))
         self.model.train()
+        batches = iter(self.batches(self.step * cfg.grad_accum))
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             total = 0.0
             for k in range(cfg.grad_accum):
-                batch = {n: t.to(acc.device) for n, t in self.micro_batch(self.step * cfg.grad_accum + k).items()}
+                batch = {n: t.to(acc.device, non_blocking=True) for n, t in next(batches).items()}
                 sync = k == cfg.grad_accum - 1
                 with (acc.no_sync(self.model) if not sync else contextlib.nullcontext(),
                       torch.autocast(acc.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")):
