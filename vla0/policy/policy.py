@@ -24,7 +24,7 @@ from vla0.policy.drafts import draft_candidates
 from vla0.policy.executor import ChunkExecutor
 from vla0.processor import ActionProcessor
 
-EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay")
+EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay", "ensemble_weights")
 
 
 def resolve_policy_dir(path: str | os.PathLike) -> Path:
@@ -73,7 +73,7 @@ class VLA0Policy:
         options = {"relaxed_k": relaxed_k} if relaxed_k else {}
         self.decoder = ActionDecoder(vlm.model, self.processor, fast=fast_decode and temperature == 0, **options)
         self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, config.n_action_steps,
-                                      config.action_bounds)
+                                      config.action_bounds, config.ensemble_weights)
         self.malformed_outputs = 0
         self.on_chunk = None
         self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk

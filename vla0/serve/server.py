@@ -68,7 +68,8 @@ class Session:
     def __init__(self, config):
         self.id = next(self._ids)
         # one chunk per request: the executor adds it and hands out this step's ensembled action
-        self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, None, config.action_bounds)
+        self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, None, config.action_bounds,
+                                      config.ensemble_weights)
         self.state_dim: int | None = None
 
     def reset(self) -> None:
@@ -90,6 +91,7 @@ class PolicyServer:
             "image_size": pc.image_size, "image_layout": pc.image_layout, "camera_shapes": pc.camera_shapes,
             "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
             "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "n_action_steps": pc.n_action_steps,
+            "ensemble_weights": pc.ensemble_weights,
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
             "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
         }

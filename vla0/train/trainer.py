@@ -87,6 +87,9 @@ class TrainConfig:
     n_action_steps: int = option(1, "steps executed per prediction", aliases=("--action-horizon",),
                                  group="inference defaults")
     ensemble: int = option(8, "temporal ensembling window (1 = off)", group="inference defaults")
+    ensemble_weights: str = option("exponential", "ensembling weights: exponential (decay 0: uniform) or vla0 "
+                                   "(newest chunk 1.0, older 0.5, as VLA-0's released code)",
+                                   choices=("exponential", "vla0"), group="inference defaults")
     # -- run --
     save_every: int = option(500, "checkpoint every this many steps", group="run")
     keep_checkpoints: int = option(2, group="run")
@@ -150,7 +153,8 @@ class Trainer:
             # the frame size each camera was recorded at, so evaluation renders the same
             camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
             state_dim=0 if data.state is None else int(data.state.shape[1]),
-            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
+            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, ensemble_weights=cfg.ensemble_weights,
+            base_model=str(cfg.model),
             dataset=str(cfg.dataset), training={"train": asdict(cfg)})
         cache = None
         if cfg.frame_cache:
