@@ -39,11 +39,13 @@ def cmd_predict(args) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from vla0.model.tiny import PRESETS
     from vla0.train.recipes import RECIPES
     from vla0.train.trainer import TrainConfig
 
-    p = sub.add_parser("init-model", help="build the embedded model (random init, generated tokenizer)")
-    p.add_argument("preset", choices=["tiny"])
+    p = sub.add_parser("init-model", help="build a randomly initialised model with a generated tokenizer: tiny "
+                                          "(the quickstart's) or qwen2.5-vl-3b-shape (3.75 B parameters, bf16, ~8 GB)")
+    p.add_argument("preset", choices=list(PRESETS))
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init_model)

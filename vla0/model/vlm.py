@@ -54,8 +54,12 @@ def load_processor(path: str | os.PathLike) -> tuple[PreTrainedTokenizerBase, Qw
     return tokenizer, image_processor
 
 
-def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> VLM:
+def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             attn_implementation: str | None = None) -> VLM:
+    """dtype: float32 by default (exact on CPU); load large models in bfloat16 (the 3B shape is 15 GB
+    of weights in float32). attn_implementation: transformers' (sdpa, eager, flash_attention_2)."""
     check_model_folder(path)
     tokenizer, image_processor = load_processor(path)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, **options).to(device)
     return VLM(model, tokenizer, image_processor)

@@ -33,6 +33,9 @@ from vla0.options import option
 from vla0.processor import ActionProcessor
 from vla0.train.checkpoint import TRAINER_STATE, latest_checkpoint, save_checkpoint
 from vla0.train.loader import StepSampler, TrainingExamples, batches_per_epoch, training_loader
+from vla0.train.model_setup import (ATTENTION, DTYPES, LORA_SCOPES, OPTIMIZERS, TRACKERS, apply_lora,
+                                    check_model_options, enable_checkpointing, flat_config, make_optimizer, trackers,
+                                    weights_dtype)
 
 NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 
@@ -83,6 +86,17 @@ class TrainConfig:
     lora_alpha: int = option(16, group="optimiser")
     lora_targets: list[str] = option(help="modules LoRA adapts", group="optimiser",
                                      default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_scope: str = option("language", "LoRA on the language model's layers only, or on every matching module "
+                             "(the vision tower's MLPs share names such as gate_proj)", choices=LORA_SCOPES,
+                             group="optimiser")
+    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes: 8-bit optimiser state)", choices=OPTIMIZERS,
+                            group="optimiser")
+    # -- model --
+    model_dtype: str = option("auto", "weights dtype; auto: fp32 for full fine-tuning, the checkpoint's own "
+                              "(bf16 for Qwen2.5-VL) under LoRA", choices=DTYPES, group="model")
+    attn_implementation: str = option("sdpa", "attention kernel", choices=ATTENTION, group="model")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, "
+                                          "slower steps)", group="model")
     # -- inference defaults stored with the policy --
     n_action_steps: int = option(1, "steps executed per prediction", aliases=("--action-horizon",),
                                  group="inference defaults")
@@ -96,6 +110,8 @@ class TrainConfig:
     seed: int = option(0, group="run")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint", group="run")
     progress: bool = option(True, "progress bar", group="run")
+    log_with: str = option("auto", "experiment tracker through accelerate (auto: tensorboard when installed); "
+                           "train_log.jsonl is always written", choices=TRACKERS, group="run")
 
 
 def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
@@ -113,6 +129,7 @@ def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
         raise ValueError(f"--n-action-steps ({cfg.n_action_steps}) must be in 1..--chunk-size ({cfg.chunk_size})")
     if not 0 <= cfg.mask_max_frac <= 1:
         raise ValueError(f"--mask-max-frac must be in [0, 1], got {cfg.mask_max_frac}")
+    check_model_options(cfg)
     if cfg.workers < 0 or cfg.prefetch < 1:
         raise ValueError(f"--workers must be >= 0 and --prefetch >= 1, got {cfg.workers} and {cfg.prefetch}")
     if min(cfg.color_jitter) < 0 or cfg.color_jitter[3] > 0.5:
@@ -142,7 +159,9 @@ class Trainer:
         self.out = Path(cfg.out)
         # bf16 autocast is applied by hand: accelerate's mixed_precision is process-global state
         # that refuses a second Trainer with another precision in the same process.
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.trackers = trackers(cfg.log_with)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=self.trackers or None,
+                               project_dir=str(self.out))
         cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
         data = load_lerobot(root, cameras=cameras, decode=False)  # tables only: frames are read when drawn
         check_videos(data)  # a truncated video fails now, not mid-run
@@ -167,22 +186,21 @@ class Trainer:
         self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.chunk_size, FrameSource(data, cache))
 
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
-        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model)
+        self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model,
+                            dtype=weights_dtype(cfg.model_dtype, bool(cfg.lora_rank), cfg.model),
+                            attn_implementation=cfg.attn_implementation)
         model = self.vlm.model
         if cfg.lora_rank:
-            from peft import LoraConfig, PeftModel, get_peft_model
-            if resume_from:
-                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
-            else:
-                model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                         target_modules=cfg.lora_targets, lora_dropout=0.0))
+            model = apply_lora(model, cfg, resume_from)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
         self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
         jitter = dict(zip(("brightness", "contrast", "saturation", "hue"), cfg.color_jitter)) if any(
             cfg.color_jitter) else None
         self.examples = TrainingExamples(self.dataset, self.processor, cfg.seed, cfg.mask_max_frac, cfg.mask_p_none,
                                          jitter)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(params, cfg)
         world = self.acc.num_processes
         self.global_batch = cfg.batch_size * world
         self.batches_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
@@ -213,6 +231,8 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.out.mkdir(parents=True, exist_ok=True)
         log = open(self.out / "train_log.jsonl", "a") if acc.is_main_process else None
+        if self.trackers:
+            acc.init_trackers("vla0", config=flat_config(cfg))
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process))
         self.model.train()
         batches = iter(self.batches(self.step * cfg.grad_accum))
@@ -235,11 +255,14 @@ class Trainer:
             self.step += 1
             loss_mean = acc.reduce(torch.tensor(total, device=acc.device), "mean").item()
             seconds = time.perf_counter() - t0
+            record = {"step": self.step, "loss": loss_mean, "lr": self.scheduler.get_last_lr()[0],
+                      "samples_per_s": self.global_batch * cfg.grad_accum / seconds,
+                      "epoch": self.step * cfg.grad_accum / self.batches_per_epoch}
             if log:
-                log.write(json.dumps({"step": self.step, "loss": loss_mean, "lr": self.scheduler.get_last_lr()[0],
-                                      "samples_per_s": self.global_batch * cfg.grad_accum / seconds,
-                                      "epoch": self.step * cfg.grad_accum / self.batches_per_epoch}) + "\n")
+                log.write(json.dumps(record) + "\n")
                 log.flush()
+            if self.trackers:
+                acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=self.step)
             bar.set_postfix(loss=f"{loss_mean:.3f}")
             bar.update(1)
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
@@ -247,6 +270,8 @@ class Trainer:
         bar.close()
         if log:
             log.close()
+        if self.trackers:
+            acc.end_training()
         return self.export_policy()
 
     def _write_policy(self, folder: Path) -> None:
