@@ -9,6 +9,8 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: quickstart test venv gl clean bench
 
 # torch first, pinned: pip then leaves it alone for everything else. Never torchvision.
+# requirements.txt pins everything vla0[sim,test] needs (simulation included: quickstart and the
+# tests run Meta-World); vla0 itself is then installed without resolving dependencies again.
 .venv/.ready: pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
