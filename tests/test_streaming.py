@@ -134,6 +134,12 @@ def hub_cache(tmp_path, monkeypatch, dataset):
     return snapshot
 
 
+def test_predict_names_a_camera_the_dataset_lacks(tiny_policy_dir, dataset, capsys):
+    from vla0.cli import main as cli
+    assert cli(["predict", "--policy", str(tiny_policy_dir), "--dataset", str(dataset)]) == 2
+    assert "camera 'front' not in dataset" in capsys.readouterr().err
+
+
 def test_parse_hub_id():
     assert parse_hub_id("lerobot/libero") == ("lerobot/libero", None)
     assert parse_hub_id("lerobot/libero@v2.1") == ("lerobot/libero", "v2.1")

@@ -68,6 +68,7 @@ def test_lora_run_saves_an_adapter_that_loads_as_a_policy(tiny_model_dir, datase
     policy = VLA0Policy.from_pretrained(policy_dir)
     obs = {"observation.images.front": np.zeros((1, 32, 32, 3), np.uint8), "task": [TASKS[0]]}
     assert policy.predict_action_chunk(obs).shape == (1, 2, 4)
+    assert cli(["predict", "--policy", str(policy_dir), "--dataset", str(dataset), "--frame", "3"]) == 0
 
 
 @pytest.mark.parametrize("change,message", [
