@@ -27,6 +27,7 @@ from vla0.data.chunks import ChunkDataset
 from vla0.data.hub import resolve_dataset
 from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
 from vla0.data.streaming import FrameSource, build_frame_cache, check_videos
+from vla0.images import JITTER_KEYS
 from vla0.io import save_folder_atomic
 from vla0.model.vlm import check_model_folder, load_vlm
 from vla0.options import option
@@ -177,12 +178,13 @@ class Trainer:
             dataset=str(cfg.dataset), training={"train": asdict(cfg)})
         cache = None
         if cfg.frame_cache:
-            if self.acc.is_main_process:  # one process builds it; the others wait, then map it
-                build_frame_cache(data, self.policy_config.image_keys, Path(cfg.frame_cache), cfg.image_size,
-                                  cfg.crop_fraction, progress=cfg.progress)
+            def cache_files(progress: bool = False) -> dict[str, Path]:
+                return build_frame_cache(data, self.policy_config.image_keys, Path(cfg.frame_cache), cfg.image_size,
+                                         cfg.crop_fraction, progress=progress)
+            if self.acc.is_main_process:  # one process builds it; the others wait, then find it built
+                cache_files(cfg.progress)
             self.acc.wait_for_everyone()
-            cache = build_frame_cache(data, self.policy_config.image_keys, Path(cfg.frame_cache), cfg.image_size,
-                                      cfg.crop_fraction)
+            cache = cache_files()
         self.dataset = ChunkDataset(data, self.policy_config.image_keys, cfg.chunk_size, FrameSource(data, cache))
 
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
@@ -195,8 +197,7 @@ class Trainer:
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
-        jitter = dict(zip(("brightness", "contrast", "saturation", "hue"), cfg.color_jitter)) if any(
-            cfg.color_jitter) else None
+        jitter = dict(zip(JITTER_KEYS, cfg.color_jitter)) if any(cfg.color_jitter) else None
         self.examples = TrainingExamples(self.dataset, self.processor, cfg.seed, cfg.mask_max_frac, cfg.mask_p_none,
                                          jitter)
         params = [p for p in model.parameters() if p.requires_grad]
