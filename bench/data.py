@@ -13,8 +13,8 @@ the same video files (v3.0 locates an episode by file and timestamps, so this is
 LeRobot's own layout). What the trainer reads per sample (a seek and a decode of 256x256 frames)
 is what a real dataset costs; only the disk footprint is smaller.
 
-Memory: `vla0 train` (the tiny model, both cameras resized to 224x224 and tiled, batch 8, 1 loader
-worker) runs as a subprocess; peak resident memory is sampled every 0.2 s for the trainer process
+Memory: `vla0 train` (the tiny model, both cameras resized to 224x224 and tiled, batch 4, 200
+steps, 1 loader worker) runs as a subprocess; peak resident memory is sampled every 0.2 s for the trainer process
 (RSS) and for the trainer and its DataLoader workers together (PSS: shared pages counted once).
 For comparison, the same datasets decoded into memory the old way (load_lerobot(decode=True)),
 measured at 1k and 10k frames.
@@ -147,7 +147,7 @@ def in_memory_rss(dataset: Path) -> float:
     return float(out.stdout.split()[-1])
 
 
-def memory(work: Path, model: Path, steps: int, sizes: list[int]) -> dict:
+def memory(work: Path, model: Path, steps: int, sizes: list[int], batch: int) -> dict:
     base = base_dataset(work / "base-1k")
     results = {}
     for total in sizes:
@@ -155,7 +155,7 @@ def memory(work: Path, model: Path, steps: int, sizes: list[int]) -> dict:
         out = work / f"run-{total}"
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "vla0.cli", "train", "--model", str(model), "--dataset", str(ds),
-               "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--image-size", "224x224",
+               "--out", str(out), "--steps", str(steps), "--batch-size", str(batch), "--image-size", "224x224",
                "--chunk-size", "8", "--bins", "1000", "--lr", "1e-4", "--workers", "1", "--save-every",
                str(steps), "--no-progress", "--log-with", "none"]
         r = peak_memory(cmd, dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -226,7 +226,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/vla0-bench-data")
     ap.add_argument("--only", choices=("memory", "throughput"))
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "bench/results/data.json"))
@@ -240,7 +241,7 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     t0 = time.perf_counter()
     if args.only != "throughput":
-        results["memory"] = memory(work, model, args.steps, [int(s) for s in args.sizes.split(",")])
+        results["memory"] = memory(work, model, args.steps, [int(s) for s in args.sizes.split(",")], args.batch_size)
     if args.only != "memory":
         results["throughput"] = throughput(work, model, args.batches)
     results["machine"] = f"{os.cpu_count()} CPU cores, no GPU, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
