@@ -10,7 +10,8 @@ export TOKENIZERS_PARALLELISM ?= false
 
 # torch first, pinned: pip then leaves it alone for everything else. Never torchvision.
 # For the tests: openpi-client without its numpy<2 pin, which its code does not need; ray, the
-# optional extra vla0[ray] (--ray).
+# optional extra vla0[ray] (--ray). requirements.txt pins everything vla0[sim,test] needs
+# (simulation included: quickstart and the tests run Meta-World).
 .venv/.ready: pyproject.toml requirements.txt requirements-libero.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip

@@ -89,3 +89,15 @@ def test_select_action_predicts_only_due_envs_and_clips():
     second = ex.select_action(obs, [0, 1, 2], predict)
     assert calls[1] == (["b"], [1])  # only env 1 (reset) needs a chunk; 0 and 2 are mid-chunk
     assert second.ravel().tolist() == [-0.5, 1.0, -1.0]  # -1.5 clipped to -1
+
+
+def test_vla0_released_weights_newest_one_older_half():
+    ens = ChunkExecutor(ensemble=3, weights="vla0")
+    ens.add(0, chunk(1, 2, 3))
+    assert ens.pop(0) == pytest.approx([1])  # alone: weight 1
+    ens.add(0, chunk(20, 30, 40))
+    assert ens.pop(0) == pytest.approx([(0.5 * 2 + 1.0 * 20) / 1.5])
+    ens.add(0, chunk(300, 400, 500))
+    assert ens.pop(0) == pytest.approx([(0.5 * 3 + 0.5 * 30 + 1.0 * 300) / 2.0])
+    with pytest.raises(ValueError, match="ensemble weights must be one of"):
+        ChunkExecutor(weights="linear")

@@ -63,3 +63,31 @@ def test_missing_model_files_are_named_before_loading(tmp_path, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match="not found"):
         check_model_folder(tmp_path / "nope")
     check_model_folder("Qwen/Qwen2.5-VL-3B-Instruct")  # hub ids pass through to transformers
+
+
+def test_3b_shape_preset_has_qwen25_vl_3b_dimensions():
+    """Built on the meta device: the shape is checked without allocating 7.5 GB."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vla0.model.tiny import model_config
+    config, spec = model_config("qwen2.5-vl-3b-shape")
+    assert spec["dtype"] == "bfloat16" and config.text_config.vocab_size == 151936
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 3_754_622_976  # Qwen2.5-VL-3B-Instruct's count
+    assert sum(p.numel() for p in model.model.visual.parameters()) == 668_684_288
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_lora_scope_language_leaves_the_vision_tower_alone(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from vla0.model.vlm import load_vlm
+    from vla0.train.model_setup import apply_lora
+    names = ["gate_proj", "up_proj", "down_proj", "q_proj"]  # the MLP names also exist in the vision tower
+    for scope, vision_expected in (("language", False), ("all", True)):
+        cfg = SimpleNamespace(lora_rank=2, lora_alpha=4, lora_targets=names, lora_scope=scope, model="tiny")
+        model = apply_lora(load_vlm(tiny_model_dir).model, cfg, None)
+        adapted = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert any(".language_model.layers." in n and "gate_proj" in n for n in adapted)
+        assert any(".visual." in n for n in adapted) == vision_expected, scope

@@ -72,6 +72,7 @@ def test_lora_run_saves_an_adapter_that_loads_as_a_policy(tiny_model_dir, datase
     policy = VLA0Policy.from_pretrained(policy_dir)
     obs = {"observation.images.front": np.zeros((1, 32, 32, 3), np.uint8), "task": [TASKS[0]]}
     assert policy.predict_action_chunk(obs).shape == (1, 2, 4)
+    assert cli(["predict", "--policy", str(policy_dir), "--dataset", str(dataset), "--frame", "3"]) == 0
 
 
 @pytest.mark.parametrize("change,message", [
@@ -122,3 +123,31 @@ def test_bf16_autocast_and_cosine_schedule_run(tiny_model_dir, dataset, tmp_path
     log = [json.loads(line) for line in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in log)
     assert [round(r["lr"] / 3e-3, 3) for r in log] == [0.5, 1.0, 0.5, 0.0]  # warm-up, then cosine to 0
+
+
+def test_full_size_options_checkpointing_bf16_weights_8bit_adam(tiny_model_dir, dataset, tmp_path):
+    """The options the 3B shape needs, on the tiny model: LoRA on bf16 weights with activation
+    checkpointing (and bitsandbytes' 8-bit AdamW when it is installed), frames from the cache."""
+    import importlib.util
+    optimizer = "adamw8bit" if importlib.util.find_spec("bitsandbytes") else "adamw"
+    trainer = Trainer(config(tiny_model_dir, dataset, tmp_path / "big", steps=3, lora_rank=4, model_dtype="bf16",
+                             gradient_checkpointing=True, optimizer=optimizer, precision="bf16", workers=0,
+                             frame_cache=str(tmp_path / "frames"), lora_targets=["q_proj", "gate_proj"]))
+    base = trainer.acc.unwrap_model(trainer.model).get_base_model()
+    assert base.model.language_model.gradient_checkpointing and base.dtype == torch.bfloat16
+    assert type(trainer.optimizer.optimizer).__name__ == ("AdamW8bit" if optimizer == "adamw8bit" else "AdamW")
+    assert not any(".visual." in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "big" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(r["loss"]) for r in log)
+    assert list((tmp_path / "frames").glob("observation.images.front-*.u8"))
+
+
+def test_options_that_need_a_missing_package_fail_first(tiny_model_dir, dataset, tmp_path, monkeypatch):
+    from vla0.train import model_setup
+    monkeypatch.setattr(model_setup, "installed", lambda module: False)
+    assert model_setup.trackers("auto") == []
+    for change, package in ((dict(optimizer="adamw8bit"), "bitsandbytes"), (dict(log_with="tensorboard"), "tensorboard"),
+                            (dict(attn_implementation="flash_attention_2"), "flash_attn")):
+        with pytest.raises(ValueError, match=f"needs the {package} package"):
+            Trainer(config(tiny_model_dir, dataset, tmp_path / "x", **change))

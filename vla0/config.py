@@ -47,6 +47,7 @@ class PolicyConfig:
     n_action_steps: int = 1  # steps executed per prediction
     ensemble: int = 8  # chunks averaged per step (temporal ensembling); 1 = off
     ensemble_decay: float = 0.0  # ALOHA's exp(-decay * i) weights; 0 = uniform
+    ensemble_weights: str = "exponential"  # or "vla0": newest chunk 1.0, older ones 0.5 (VLA-0's code)
     # -- provenance, for the record: nothing reads it back --
     base_model: str = ""  # what training started from (an adapter loads on top of it)
     dataset: str = ""
@@ -77,6 +78,8 @@ class PolicyConfig:
         if (self.head == "flow") != bool(self.flow_expert):
             raise ValueError("a flow-head policy needs flow_expert settings, and only a flow-head policy has them")
         check_execution(self.n_action_steps, self.ensemble, self.chunk_size)
+        if self.ensemble_weights not in ("exponential", "vla0"):
+            raise ValueError(f"ensemble_weights must be 'exponential' or 'vla0', got {self.ensemble_weights!r}")
 
     @property
     def image_keys(self) -> list[str]:

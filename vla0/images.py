@@ -1,10 +1,11 @@
 """Camera frames -> the image(s) the VLM sees: crop (random in training, centred at
-inference, as VLA-0 does), resize, then tile cameras side by side or keep them apart."""
+inference, as VLA-0 does), resize, colour jitter (training only), then tile cameras side by side
+or keep them apart."""
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 
 def crop_resize(image: np.ndarray, size: tuple[int, int] | None, crop_fraction: float,
@@ -37,3 +38,29 @@ def check_image(key: str, image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"{key}: expected a uint8 image of shape (height, width, 3), got {desc}")
+
+
+JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, hue: float = 0.0) -> np.ndarray:
+    """Random colour jitter as torchvision's ColorJitter defines it (used by VLA-0): brightness,
+    contrast and saturation factors drawn from [1 - x, 1 + x], a hue shift from [-hue, hue] of a
+    full turn, applied in a random order. PIL only: no torchvision."""
+    if not (brightness or contrast or saturation or hue):
+        return image
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
+    img = Image.fromarray(image)
+    factors = [rng.uniform(max(0.0, 1 - x), 1 + x) if x else None for x in (brightness, contrast, saturation)]
+    shift = rng.uniform(-hue, hue) if hue else None
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    for op in rng.permutation(4):
+        if op < 3 and factors[op] is not None:
+            img = enhancers[op](img).enhance(factors[op])
+        elif op == 3 and shift is not None:
+            h, s, v = img.convert("HSV").split()
+            h = Image.fromarray((np.asarray(h, np.int16) + int(round(shift * 255))).astype(np.uint8))  # wraps
+            img = Image.merge("HSV", (h, s, v)).convert("RGB")
+    return np.asarray(img)

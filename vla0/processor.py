@@ -77,9 +77,11 @@ class ActionProcessor:
         return [self.prompt(f, t) for f, t in zip(frames, tasks)]
 
     def training_example(self, frames: list[np.ndarray], task: str, actions: np.ndarray, rng: np.random.Generator,
-                         mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
-        """One training sample: random crop, action text with masked augmentation, labels."""
-        return self.encoder.training_example(frames, task, self.action_tokens(actions), rng, mask_max_frac, p_no_mask)
+                         mask_max_frac: float = 0.4, p_no_mask: float = 0.1, jitter: dict | None = None) -> Encoded:
+        """One training sample: random crop, colour jitter ({brightness, contrast, saturation, hue};
+        None = off), action tokens with masked augmentation, labels."""
+        return self.encoder.training_example(frames, task, self.action_tokens(actions), rng, mask_max_frac, p_no_mask,
+                                             jitter)
 
     def action_tokens(self, actions: np.ndarray) -> list[int]:
         """An (H, D) chunk -> the token ids the model is trained to write (without <|im_end|>)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vla0.config import PolicyConfig
-from vla0.images import arrange, crop_resize
+from vla0.images import arrange, color_jitter, crop_resize
 
 IGNORE = -100
 SYSTEM_PROMPT = (
@@ -85,10 +85,14 @@ class PromptEncoder:
         self.reserved: set[int] = set()  # token ids no prompt may contain (the bins format's action block)
 
     # -- images -------------------------------------------------------------------------------
-    def images(self, frames: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
+    def images(self, frames: list[np.ndarray], rng: np.random.Generator | None,
+               jitter: dict | None = None) -> list[np.ndarray]:
+        """Crop (random with rng, else centred) and resize each camera; jitter colours in training."""
         size = tuple(self.config.image_size) if self.config.image_size else None
-        return arrange([crop_resize(f, size, self.config.crop_fraction, rng) for f in frames],
-                       self.config.image_layout)
+        images = [crop_resize(f, size, self.config.crop_fraction, rng) for f in frames]
+        if jitter and rng is not None:
+            images = [color_jitter(im, rng, **jitter) for im in images]
+        return arrange(images, self.config.image_layout)
 
     def pixels(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.image_processor(images=images, return_tensors="pt")
@@ -118,8 +122,9 @@ class PromptEncoder:
             raise ValueError(f"task {task!r} is written with token(s) {clash} that the bins action format "
                              "uses as action bins; rephrase the instruction or use --action-format text")
 
-    def prompt(self, frames: list[np.ndarray], task: str, rng: np.random.Generator | None = None) -> Encoded:
-        pixel_values, grid = self.pixels(self.images(frames, rng))
+    def prompt(self, frames: list[np.ndarray], task: str, rng: np.random.Generator | None = None,
+               jitter: dict | None = None) -> Encoded:
+        pixel_values, grid = self.pixels(self.images(frames, rng, jitter))
         counts = iter((grid.prod(-1) // self.merge**2).tolist())
         ids: list[int] = []
         for t in self._template(task, len(grid)):
@@ -131,9 +136,10 @@ class PromptEncoder:
         return self.tokenizer.encode(action_text, add_special_tokens=False)
 
     def training_example(self, frames: list[np.ndarray], task: str, target: str | list[int],
-                         rng: np.random.Generator, mask_max_frac: float = 0.4, p_no_mask: float = 0.1) -> Encoded:
+                         rng: np.random.Generator, mask_max_frac: float = 0.4, p_no_mask: float = 0.1,
+                         jitter: dict | None = None) -> Encoded:
         """target: the action text, or its token ids (the bins format's: one token per number)."""
-        ex = self.prompt(frames, task, rng)
+        ex = self.prompt(frames, task, rng, jitter)
         if isinstance(target, str):
             target = self.action_ids(target)
         inputs, labels = list(target), list(target)

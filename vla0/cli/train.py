@@ -24,12 +24,19 @@ def cmd_train(args) -> None:
 def cmd_predict(args) -> None:
     import numpy as np
 
+    from vla0.config import PolicyConfig
+    from vla0.data.hub import resolve_dataset
     from vla0.data.lerobot_dataset import load_lerobot
-    from vla0.policy.policy import VLA0Policy
+    from vla0.data.streaming import FrameSource
+    from vla0.policy.policy import VLA0Policy, resolve_policy_dir
+    cameras = PolicyConfig.load(resolve_policy_dir(args.policy)).cameras  # checked before the model loads
+    data = load_lerobot(resolve_dataset(args.dataset), cameras=cameras, decode=False)  # one frame is read, not all
     policy = VLA0Policy.from_pretrained(args.policy)
-    data = load_lerobot(Path(args.dataset), cameras=policy.config.cameras)
     i = args.frame
-    obs = {k: data.images[k][i:i + 1] for k in policy.config.image_keys}
+    if not 0 <= i < len(data):
+        raise ValueError(f"--frame {i} is outside {args.dataset} (0..{len(data) - 1})")
+    frames = FrameSource(data)
+    obs = {k: frames(k, i)[None] for k in policy.config.image_keys}
     obs["task"] = [data.tasks[int(data.task_index[i])]]
     chunk = policy.predict_action_chunk(obs)[0]
     truth = data.action[np.minimum(np.arange(i, i + policy.config.chunk_size), len(data.action) - 1)]
@@ -39,11 +46,13 @@ def cmd_predict(args) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from vla0.model.tiny import PRESETS
     from vla0.train.recipes import RECIPES
     from vla0.train.trainer import TrainConfig
 
-    p = sub.add_parser("init-model", help="build the embedded model (random init, generated tokenizer)")
-    p.add_argument("preset", choices=["tiny"])
+    p = sub.add_parser("init-model", help="build a randomly initialised model with a generated tokenizer: tiny "
+                                          "(the quickstart's) or qwen2.5-vl-3b-shape (3.75 B parameters, bf16, ~8 GB)")
+    p.add_argument("preset", choices=list(PRESETS))
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init_model)

@@ -1,4 +1,5 @@
 """Frames of a LeRobot dataset -> training samples: camera frames, task, and the next H actions.
+Frames come from a FrameSource (memory, the frame cache or the videos: vla0.data.streaming).
 
 A chunk that runs past the end of its episode repeats the episode's last action (the robot
 holds still once done), as LeRobot does when padding action chunks.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla0.data.lerobot_dataset import LeRobotData
+from vla0.data.streaming import FrameSource
 
 
 @dataclass
@@ -21,8 +23,10 @@ class Sample:
 
 
 class ChunkDataset:
-    def __init__(self, data: LeRobotData, image_keys: list[str], horizon: int):
+    def __init__(self, data: LeRobotData, image_keys: list[str], horizon: int, frames: FrameSource | None = None):
+        """frames: where camera frames come from (default: data.images, decoded in memory)."""
         self.data = data
+        self.frames = frames or FrameSource(data)
         self.image_keys = image_keys
         self.horizon = horizon
         # For each frame, the last frame index of its episode, so chunk ends clamp there.
@@ -36,7 +40,7 @@ class ChunkDataset:
     def __getitem__(self, i: int) -> Sample:
         rows = np.minimum(np.arange(i, i + self.horizon), self._episode_end[i])
         return Sample(
-            frames=[self.data.images[k][i] for k in self.image_keys],
+            frames=[self.frames(k, i) for k in self.image_keys],
             task=self.data.tasks[int(self.data.task_index[i])],
             actions=self.data.action[rows],
         )

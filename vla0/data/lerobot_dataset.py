@@ -1,10 +1,11 @@
-"""Read a LeRobotDataset (v3.0 or v2.1) from a local folder into memory.
+"""Read a LeRobotDataset (v3.0 or v2.1) from a local folder.
 
-Everything (all frames of the asked cameras included) is decoded up front:
-the datasets here are small (tens of thousands of 64-128 px frames) and
-training then indexes plain numpy arrays. validate_lerobot() checks layout,
-info.json and that every referenced file exists, without decoding, so bad
-input fails in a second with a message naming the file or key.
+load_lerobot() reads the tables (actions, state, episodes, tasks, stats) and, for each camera, where
+every frame lives (FrameLocator: video file and time, or the PNG bytes of an image feature). With
+decode=True it also decodes every frame into memory (small datasets, tests, `vla0 predict`); with
+decode=False nothing is decoded and vla0.data.streaming reads frames when a sample is drawn.
+validate_lerobot() checks layout, info.json and that every referenced file exists, without
+decoding, so bad input fails in a second with a message naming the file or key.
 """
 import io
 import json
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vla0.data.stats import histogram_stats, image_histogram, vector_stats
-from vla0.data.video import decode_video_with_times
+from vla0.data.video import match_frames
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")
 CAMERA_DTYPES = ("video", "image")
@@ -28,6 +29,18 @@ class EpisodeRange:
     start: int  # first row in the concatenated arrays
     end: int  # one past the last row
     task: str
+
+
+@dataclass
+class FrameLocator:
+    """Where each frame of one camera lives: row i is at time[i] seconds in paths[file[i]] (video),
+    or is png[i] (an image feature: encoded bytes kept, decoded on use)."""
+    shape: tuple[int, int]  # (h, w) as info.json declares
+    tolerance: float  # half a frame period: a frame within this of the wanted time is the one
+    paths: list[Path] = field(default_factory=list)
+    file: np.ndarray | None = None  # (N,) int32 index into paths
+    time: np.ndarray | None = None  # (N,) float64 seconds in that file
+    png: list[bytes] | None = None
 
 
 @dataclass
@@ -45,6 +58,7 @@ class LeRobotData:
     tasks: list[str]
     episodes: list[EpisodeRange]
     stats: dict[str, dict[str, np.ndarray]]
+    locators: dict[str, FrameLocator] = field(default_factory=dict)  # per camera key
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # other float features, e.g. environment_state
     info: dict = field(default_factory=dict)
 
@@ -186,28 +200,52 @@ def _read_tasks(root: Path, version: str) -> list[str]:
     return [by_index.get(i, "") for i in range(max(by_index) + 1)] if by_index else []
 
 
-def _decode_images(table_col, shape) -> np.ndarray:
+def decode_png(data: bytes) -> np.ndarray:
     from PIL import Image  # only for datasets that store frames as PNG in parquet
 
-    return np.stack([np.asarray(Image.open(io.BytesIO(x["bytes"])).convert("RGB")) for x in table_col])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def load_lerobot(root: Path, cameras: list[str] | None = None) -> LeRobotData:
-    """Load a dataset into memory. cameras: names or full keys; None = all cameras."""
+def camera_keys(root: Path, info: dict, cameras: list[str] | None) -> list[str]:
+    """Full keys of the asked cameras (names or keys; None = all), or an error naming the dataset's."""
+    feats = info["features"]
+    all_cams = [k for k, f in feats.items() if f.get("dtype") in CAMERA_DTYPES]
+    if cameras is None:
+        return all_cams
+    keys = []
+    for c in cameras:
+        key = c if c.startswith("observation.images.") or c in feats else f"observation.images.{c}"
+        if key not in all_cams:
+            raise ValueError(f"{root}: camera {c!r} not in dataset; cameras: {', '.join(all_cams) or '(none)'}")
+        keys.append(key)
+    return keys
+
+
+def decode_all(loc: FrameLocator, key: str) -> np.ndarray:
+    """Every frame of one camera, decoded into one (N, h, w, 3) array: each video file once, in order."""
+    n = len(loc.png) if loc.png is not None else len(loc.time)
+    out = np.empty((n, *loc.shape, 3), np.uint8)
+    if loc.png is not None:
+        for i, data in enumerate(loc.png):
+            out[i] = decode_png(data)
+        return out
+    for f, path in enumerate(loc.paths):
+        rows = np.flatnonzero(loc.file == f)
+        for j, frame in match_frames(path, loc.time[rows], loc.tolerance):
+            if frame.shape != out.shape[1:]:
+                raise ValueError(f"{path}: frames are {frame.shape}, info.json says {key} is {out.shape[1:]}")
+            out[rows[j]] = frame
+    return out
+
+
+def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = True) -> LeRobotData:
+    """Load a dataset. cameras: names or full keys; None = all cameras. decode: decode every frame
+    into memory (LeRobotData.images); otherwise only locate them (LeRobotData.locators)."""
     root = Path(root)
     info = validate_lerobot(root)
     version, fps = info["codebase_version"], float(info["fps"])
     feats = info["features"]
-    all_cams = [k for k, f in feats.items() if f.get("dtype") in CAMERA_DTYPES]
-    if cameras is None:
-        cam_keys = all_cams
-    else:
-        cam_keys = []
-        for c in cameras:
-            key = c if c.startswith("observation.images.") or c in feats else f"observation.images.{c}"
-            if key not in all_cams:
-                raise ValueError(f"{root}: camera {c!r} not in dataset; cameras: {', '.join(all_cams) or '(none)'}")
-            cam_keys.append(key)
+    cam_keys = camera_keys(root, info, cameras)
     eps = _episodes(root, info)
     tasks = _read_tasks(root, version)
 
@@ -242,32 +280,27 @@ def load_lerobot(root: Path, cameras: list[str] | None = None) -> LeRobotData:
         task = e["tasks"][0] if e.get("tasks") else (tasks[task_index[start]] if tasks else "")
         ranges.append(EpisodeRange(int(e["episode_index"]), int(start), end, task))
 
-    images = {}
+    locators = {}
     for key in cam_keys:
         h, w = feats[key]["shape"][:2] if feats[key]["shape"][2] == 3 else feats[key]["shape"][1:]
-        out = np.empty((len(table), h, w, 3), np.uint8)
+        loc = FrameLocator(shape=(h, w), tolerance=0.5 / fps)
         if feats[key]["dtype"] == "image":
-            out[:] = _decode_images(table.column(key).to_pylist(), (h, w))
+            loc.png = [x["bytes"] for x in table.column(key).to_pylist()]
         else:
-            cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+            loc.file, loc.time = np.empty(len(table), np.int32), np.empty(len(table), np.float64)
+            file_ids: dict[Path, int] = {}
             for e, r in zip(eps, ranges):
                 path, from_ts = e["video_files"][key]
-                if path not in cache:
-                    cache = {path: decode_video_with_times(path)}  # files are visited in order; keep one
-                frames, times = cache[path]
-                if frames.shape[1:] != (h, w, 3):
-                    raise ValueError(f"{path}: frames are {frames.shape[1:]}, info.json says {key} is {(h, w, 3)}")
-                want = from_ts + timestamp[r.start : r.end]
-                idx = np.clip(np.searchsorted(times, want - 0.5 / fps), 0, len(times) - 1)
-                if np.abs(times[idx] - want).max() > 0.5 / fps:
-                    raise ValueError(f"{path}: episode {r.index} asks for frames at {want[0]:.3f}-{want[-1]:.3f} s, video has {times[0]:.3f}-{times[-1]:.3f} s")
-                out[r.start : r.end] = frames[idx]
-        images[key] = out
+                loc.file[r.start:r.end] = file_ids.setdefault(path, len(file_ids))
+                loc.time[r.start:r.end] = from_ts + timestamp[r.start:r.end]
+            loc.paths = list(file_ids)
+        locators[key] = loc
+    images = {key: decode_all(loc, key) for key, loc in locators.items()} if decode else {}
 
     stats = _load_stats(root)
     if stats is None:  # v2.1 without stats.json: compute what training needs
         stats = {k: vector_stats(v) for k, v in vectors.items()}
-        for k, v in images.items():
+        for k, v in images.items():  # camera statistics only when decoded: training does not read them
             stats[k] = histogram_stats(image_histogram(v), len(v))
     return LeRobotData(
         root=root,
@@ -283,6 +316,7 @@ def load_lerobot(root: Path, cameras: list[str] | None = None) -> LeRobotData:
         tasks=tasks,
         episodes=ranges,
         stats=stats,
+        locators=locators,
         extra=vectors,
         info=info,
     )

@@ -8,8 +8,12 @@ the RGB<->YUV rounding) at CRF 0, for about 1 KB per 64 px frame.
 FFmpeg/torchcodec (LeRobot's reader) decodes it. Rollout videos meant for
 people use yuv420p, which every player shows.
 """
+import math
+import os
+from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -88,3 +92,92 @@ def decode_video_with_times(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: no video frames")
     frames.sort(key=lambda x: x[0])
     return np.stack([f for _, f in frames]), np.array([t for t, _ in frames])
+
+
+def _frame_time(frame) -> float:
+    return float(frame.pts * frame.time_base)
+
+
+def match_frames(path: Path, wants: np.ndarray, tolerance: float) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode a video once, front to back, yielding (j, frame) for each wanted time wants[j]: the
+    first frame at or after wants[j] - tolerance, which must lie within tolerance of it. Memory
+    holds one frame, however long the file. The random-access reader below picks the same frame."""
+    order = np.argsort(wants, kind="stable")
+    pending, last = 0, None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            t = last = _frame_time(frame)
+            image = None
+            while pending < len(order) and t >= wants[order[pending]] - tolerance:
+                j = order[pending]
+                if abs(t - wants[j]) > tolerance:
+                    raise ValueError(f"{path}: no frame at {wants[j]:.3f} s (nearest after it: {t:.3f} s)")
+                image = frame.to_ndarray(format="rgb24") if image is None else image
+                yield int(j), image
+                pending += 1
+            if pending == len(order):
+                return
+    raise ValueError(f"{path}: video ends at {last if last is not None else 0:.3f} s but frames up to "
+                     f"{wants[order[-1]]:.3f} s are asked for (truncated?)")
+
+
+class VideoFrames:
+    """Random access to video frames by timestamp: seek to the keyframe before the time and
+    decode forward to it. Keeps the last few files open, per process: a forked DataLoader worker
+    must not share a file offset with its parent, so it opens its own."""
+
+    def __init__(self, max_open: int = 8):
+        self.max_open = max_open
+        self._open: OrderedDict[Path, av.container.InputContainer] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __getstate__(self):
+        return {"max_open": self.max_open, "_open": OrderedDict(), "_pid": None}
+
+    def _container(self, path: Path):
+        if self._pid != os.getpid():  # inherited through fork: the parent's files are not ours to read
+            self._open, self._pid = OrderedDict(), os.getpid()
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        try:
+            container = av.open(str(path))
+        except (av.error.FFmpegError, OSError) as e:
+            raise ValueError(f"{path}: cannot open video ({e})") from None
+        self._open[path] = container
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return container
+
+    def frame_at(self, path: Path, t: float, tolerance: float) -> np.ndarray:
+        container = self._container(Path(path))
+        stream = container.streams.video[0]
+        target = t - tolerance
+        container.seek(max(0, math.floor(target / stream.time_base)), stream=stream, backward=True)
+        last = None
+        for frame in container.decode(stream):
+            last = _frame_time(frame)
+            if last >= target:
+                if abs(last - t) > tolerance:
+                    raise ValueError(f"{path}: no frame at {t:.3f} s (nearest after it: {last:.3f} s)")
+                return frame.to_ndarray(format="rgb24")
+        raise ValueError(f"{path}: video ends at {last or 0:.3f} s, a frame at {t:.3f} s is asked for (truncated?)")
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+def video_duration(path: Path) -> float:
+    """The duration a video's header declares, in seconds (no decoding): catches truncated files
+    whose index is cut off before anything is decoded."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.duration is not None:
+                return float(stream.duration * stream.time_base)
+            return float(container.duration or 0) / av.time_base
+    except (av.error.FFmpegError, OSError, IndexError) as e:
+        raise ValueError(f"{path}: not a readable video ({e}); truncated or corrupt?") from None

@@ -177,5 +177,8 @@ def get_env(name: str) -> EnvFamily:
         raise ValueError(f"unknown env {name!r}; registered environments: {', '.join(env_names())}")
     if name not in _LOADED:
         module, cls = _REGISTRY[name].split(":")
-        _LOADED[name] = getattr(importlib.import_module(module), cls)()
+        try:
+            _LOADED[name] = getattr(importlib.import_module(module), cls)()
+        except ModuleNotFoundError as e:  # simulators are an extra: a training box need not have them
+            raise ValueError(f"env {name!r} needs the {e.name} package: pip install 'vla0[sim]'") from None
     return _LOADED[name]

@@ -55,20 +55,24 @@ def load_processor(path: str | os.PathLike) -> tuple[PreTrainedTokenizerBase, Qw
 
 
 def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             quantize: str | None = None, quantize_vision: bool = False) -> VLM:
-    """quantize: a vla0.model.quantize mode (None/"none": full weights); the vision tower stays
-    unquantized unless quantize_vision."""
+             quantize: str | None = None, quantize_vision: bool = False,
+             attn_implementation: str | None = None) -> VLM:
+    """dtype: float32 by default (exact on CPU); load large models in bfloat16 (the 3B shape is 15 GB
+    of weights in float32). quantize: a vla0.model.quantize mode (None/"none": full weights); the
+    vision tower stays unquantized unless quantize_vision. attn_implementation: transformers'
+    (sdpa, eager, flash_attention_2)."""
     from vla0.model.quantize import AO_MODES, BNB_MODES, apply_torchao, bnb_config, check_quantize
 
     check_model_folder(path)
     quantize = check_quantize(quantize, device)
     tokenizer, image_processor = load_processor(path)
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if quantize in BNB_MODES:  # bitsandbytes quantizes while loading, onto the device
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, quantization_config=bnb_config(quantize, dtype, quantize_vision),
-            device_map={"": torch.device(device)})
+            device_map={"": torch.device(device)}, **options)
     else:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, **options).to(device)
         if quantize in AO_MODES:
             apply_torchao(model, quantize, quantize_vision)
     return VLM(model, tokenizer, image_processor)

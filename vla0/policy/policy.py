@@ -28,7 +28,7 @@ from vla0.policy.flow_head import FlowExpert, FlowHead, load_expert
 from vla0.processor import ActionProcessor
 from vla0.prompt import collate
 
-EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay")
+EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay", "ensemble_weights")
 
 
 def resolve_policy_dir(path: str | os.PathLike) -> Path:
@@ -104,7 +104,7 @@ class VLA0Policy:
                                                          fast=fast_decode and temperature == 0, **options)
         self.flow = FlowHead(vlm.model, expert.to(self.device).eval(), config) if expert else None
         self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, config.n_action_steps,
-                                      config.action_bounds)
+                                      config.action_bounds, config.ensemble_weights)
         self.malformed_outputs = 0
         self.on_chunk = None
         self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk

@@ -75,7 +75,8 @@ class Session:
     def __init__(self, config):
         self.id = next(self._ids)
         self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, config.n_action_steps,
-                                      config.action_bounds)
+                                      config.action_bounds,
+                                      config.ensemble_weights)
         self.chunk: np.ndarray | None = None  # the newest chunk, sent as "actions"
         self.state_dim: int | None = None
 
@@ -128,6 +129,7 @@ class PolicyServer:
             "image_size": pc.image_size, "image_layout": pc.image_layout, "camera_shapes": pc.camera_shapes,
             "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
             "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "n_action_steps": pc.n_action_steps,
+            "ensemble_weights": pc.ensemble_weights,
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
             "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
         }

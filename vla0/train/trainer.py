@@ -1,12 +1,13 @@
 """`vla0 train`: fine-tune an unmodified VLM to write action chunks as text (VLA-0), or as
 OpenVLA's action tokens (--action-format bins).
 
-One batch, from disk to loss: LeRobot frames (ChunkDataset) -> ActionProcessor.training_example
-(action text, crop, tile, tokens, masked augmentation, labels) -> collate -> VLM cross-entropy.
-Runs on one process or under torchrun / accelerate launch (each rank takes its slice of every
-global batch). The data order is a pure function of (seed, step), so --resume continues exactly.
-`--head flow --from RUN_DIR` runs stage 2 in the same loop: the stage-1 VLM frozen, only a
-flow-matching action expert trained (vla0.train.stage2).
+One batch, from disk to loss: LeRobot frames, read when drawn (ChunkDataset over a FrameSource:
+videos, a memory-mapped frame cache, or memory) -> ActionProcessor.training_example (action
+tokens, crop, jitter, tile, masked augmentation, labels) -> collate, all in DataLoader workers
+(vla0.train.loader) -> VLM cross-entropy. Runs on one process or under torchrun / accelerate
+launch (each rank takes its slice of every global batch). The data order is a pure function of
+(seed, step), so --resume continues exactly. `--head flow --from RUN_DIR` runs stage 2 in the
+same loop: the stage-1 VLM frozen, only a flow-matching action expert trained (vla0.train.stage2).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -27,7 +28,10 @@ from transformers import get_scheduler
 from vla0.bins import NUM_BINS
 from vla0.config import ACTION_FORMATS, IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
+from vla0.data.hub import resolve_dataset
 from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
+from vla0.data.streaming import FrameSource, build_frame_cache, check_videos
+from vla0.images import JITTER_KEYS
 from vla0.io import save_folder_atomic
 from vla0.model.quantize import BNB_MODES, check_quantize
 from vla0.model.vlm import check_model_folder, load_vlm
@@ -35,6 +39,10 @@ from vla0.options import option
 from vla0.processor import ActionProcessor
 from vla0.prompt import collate
 from vla0.train.checkpoint import TRAINER_STATE, drop_log_after, latest_checkpoint, save_checkpoint
+from vla0.train.loader import StepSampler, TrainingExamples, batches_per_epoch, text_example, training_loader
+from vla0.train.model_setup import (ATTENTION, DTYPES, LORA_SCOPES, OPTIMIZERS, TRACKERS, apply_lora,
+                                    check_model_options, enable_checkpointing, flat_config, make_optimizer, trackers,
+                                    weights_dtype)
 
 NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 
@@ -42,7 +50,7 @@ NORMALIZATION_CHOICES = tuple(NORMALIZATIONS)
 @dataclass
 class TrainConfig:
     # -- what to train on --
-    dataset: str = option(help="LeRobotDataset folder (v3.0 or v2.1)")
+    dataset: str = option(help="LeRobotDataset (v3.0 or v2.1): a folder, or a hub id ORG/NAME[@REVISION]")
     out: str = option(help="run folder: checkpoints, policy/, train_log.jsonl")
     model: str | None = option(None, "model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct "
                                      "(text head; required)")
@@ -64,6 +72,14 @@ class TrainConfig:
     mask_max_frac: float = option(0.4, "masked action augmentation: most of the action characters masked",
                                   group="images")
     mask_p_none: float = option(0.1, "fraction of samples left unmasked", group="images")
+    color_jitter: tuple[float, float, float, float] = option(
+        (0.0, 0.0, 0.0, 0.0), "training colour jitter: brightness contrast saturation hue (0 = off)", group="images")
+    # -- data loading --
+    workers: int = option(1, "DataLoader worker processes decoding and preprocessing (0 = in the training "
+                          "process)", group="data")
+    prefetch: int = option(4, "micro-batches each worker prepares ahead", group="data")
+    frame_cache: str | None = option(None, "folder for a memory-mapped cache of frames resized for training, "
+                                     "built once (default: decode the videos when a sample is drawn)", group="data")
     # -- optimiser and schedule --
     lr: float = option(5e-6, "AdamW learning rate", group="optimiser")
     weight_decay: float = option(0.0, group="optimiser")
@@ -96,20 +112,37 @@ class TrainConfig:
     quantize: str = option("none", "QLoRA: LoRA on base weights frozen in 4-bit NF4 (or int8) by bitsandbytes; "
                            "the adapters also load on the unquantized base", choices=("none", *BNB_MODES),
                            group="optimiser")
+    lora_scope: str = option("language", "LoRA on the language model's layers only, or on every matching module "
+                             "(the vision tower's MLPs share names such as gate_proj)", choices=LORA_SCOPES,
+                             group="optimiser")
+    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes: 8-bit optimiser state)", choices=OPTIMIZERS,
+                            group="optimiser")
+    # -- model --
+    model_dtype: str = option("auto", "weights dtype; auto: fp32 for full fine-tuning, the checkpoint's own "
+                              "(bf16 for Qwen2.5-VL) under LoRA", choices=DTYPES, group="model")
+    attn_implementation: str = option("sdpa", "attention kernel", choices=ATTENTION, group="model")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, "
+                                          "slower steps)", group="model")
     # -- inference defaults stored with the policy --
     n_action_steps: int = option(1, "steps executed per prediction", aliases=("--action-horizon",),
                                  group="inference defaults")
     ensemble: int = option(8, "temporal ensembling window (1 = off)", group="inference defaults")
+    ensemble_weights: str = option("exponential", "ensembling weights: exponential (decay 0: uniform) or vla0 "
+                                   "(newest chunk 1.0, older 0.5, as VLA-0's released code)",
+                                   choices=("exponential", "vla0"), group="inference defaults")
     # -- run --
     save_every: int = option(500, "checkpoint every this many steps", group="run")
     keep_checkpoints: int = option(2, group="run")
     seed: int = option(0, group="run")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint", group="run")
     progress: bool = option(True, "progress bar", group="run")
+    log_with: str = option("auto", "experiment tracker through accelerate (auto: tensorboard when installed); "
+                           "train_log.jsonl is always written", choices=TRACKERS, group="run")
 
 
-def check_config(cfg: TrainConfig) -> dict:
-    """Every user mistake we can see before loading anything; returns the dataset's info.json."""
+def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
+    """Every user mistake we can see before loading anything; returns the dataset's folder (a hub
+    id resolved through the hub cache) and its info.json."""
     if (cfg.epochs is None) == (cfg.steps is None):
         raise ValueError("give exactly one of --epochs or --steps")
     if cfg.schedule not in ("constant", "cosine"):
@@ -137,7 +170,13 @@ def check_config(cfg: TrainConfig) -> dict:
         raise ValueError("--from names the stage-1 policy of a --head flow run; a text run starts from --model")
     if cfg.head == "text" and not cfg.model:
         raise ValueError("give --model (the VLM to fine-tune), or --head flow --from RUN_DIR for stage 2")
-    info = validate_lerobot(Path(cfg.dataset))
+    check_model_options(cfg)
+    if cfg.workers < 0 or cfg.prefetch < 1:
+        raise ValueError(f"--workers must be >= 0 and --prefetch >= 1, got {cfg.workers} and {cfg.prefetch}")
+    if min(cfg.color_jitter) < 0 or cfg.color_jitter[3] > 0.5:
+        raise ValueError(f"--color-jitter values must be >= 0 (hue <= 0.5), got {cfg.color_jitter}")
+    root = resolve_dataset(cfg.dataset, cfg.cameras)
+    info = validate_lerobot(root)
     cameras = [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
     unknown = [c for c in (cfg.cameras or []) if c not in cameras]
     if unknown:
@@ -154,35 +193,59 @@ def check_config(cfg: TrainConfig) -> dict:
     if cfg.head == "flow":
         from vla0.train.stage2 import check_stage2
         check_stage2(cfg, info)
-    return info
+    return root, info
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        info = check_config(cfg)
+        root, info = check_config(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out)
         # bf16 autocast is applied by hand: accelerate's mixed_precision is process-global state
         # that refuses a second Trainer with another precision in the same process.
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.trackers = trackers(cfg.log_with)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=self.trackers or None,
+                               project_dir=str(self.out))
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
         self.stage2 = None
         if cfg.head == "flow":  # the stage-1 policy fixes the action format, cameras and images
             from vla0.train.stage2 import Stage2
             self.stage2 = Stage2(cfg, info, resume_from)
             self.policy_config, self.vlm, model = self.stage2.policy_config, self.stage2.vlm, self.stage2.model
-            data = load_lerobot(Path(cfg.dataset), cameras=self.policy_config.cameras)
+            data = load_lerobot(root, cameras=self.policy_config.cameras, decode=False)
+            check_videos(data)
         else:
-            data, model = self._text_model(cfg, info, resume_from)
-        self.dataset = ChunkDataset(data, self.policy_config.image_keys, self.policy_config.chunk_size)
-        self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
+            data, model = self._text_model(cfg, root, info, resume_from)
+        pc = self.policy_config
+        cache = None
+        if cfg.frame_cache:
+            def cache_files(progress: bool = False) -> dict[str, Path]:
+                return build_frame_cache(data, pc.image_keys, Path(cfg.frame_cache), pc.image_size,
+                                         pc.crop_fraction, progress=progress)
+            if self.acc.is_main_process:  # one process builds it; the others wait, then find it built
+                cache_files(cfg.progress)
+            self.acc.wait_for_everyone()
+            cache = cache_files()
+        self.dataset = ChunkDataset(data, pc.image_keys, pc.chunk_size, FrameSource(data, cache))
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
+        self.processor = ActionProcessor(pc, self.vlm.tokenizer, self.vlm.image_processor)
         for task in sorted(set(data.tasks)):
             self.processor.encoder.check_task(task)
+        if self.stage2:  # prompt, normalised actions, noise and flow time
+            self.examples = TrainingExamples(self.dataset, self.stage2.example, cfg.seed)
+            self.collate = self.stage2.collate
+        else:
+            jitter = dict(zip(JITTER_KEYS, cfg.color_jitter)) if any(cfg.color_jitter) else None
+            self.examples = TrainingExamples(self.dataset, partial(
+                text_example, self.processor, mask_max_frac=cfg.mask_max_frac, p_no_mask=cfg.mask_p_none,
+                jitter=jitter), cfg.seed)
+            self.collate = partial(collate, pad_id=self.processor.pad_id, padding_side="right")
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(params, cfg)
         world = self.acc.num_processes
         self.global_batch = cfg.batch_size * world
-        self.batches_per_epoch = max(1, len(self.dataset) // self.global_batch)
+        self.batches_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         # Stepped by hand once per optimizer step (accelerate's wrapper would step it per process).
         self.scheduler = get_scheduler("cosine" if cfg.schedule == "cosine" else "constant_with_warmup",
@@ -190,7 +253,6 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.step = 0
-        self._order: tuple[int | None, np.ndarray | None] = (None, None)  # (epoch, its frame order)
         if resume_from:
             state = torch.load(resume_from / TRAINER_STATE, weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -200,10 +262,11 @@ class Trainer:
             if self.acc.is_main_process:  # steps after the checkpoint are trained (and logged) again
                 drop_log_after(self.out / "train_log.jsonl", "step", self.step)
 
-    def _text_model(self, cfg: TrainConfig, info: dict, resume_from: Path | None):
+    def _text_model(self, cfg: TrainConfig, root: Path, info: dict, resume_from: Path | None):
         """Stage 1: the policy config from the dataset, and the VLM (or its LoRA adapter) to train."""
         cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
-        data = load_lerobot(Path(cfg.dataset), cameras=cameras)
+        data = load_lerobot(root, cameras=cameras, decode=False)  # tables only: frames are read when drawn
+        check_videos(data)  # a truncated video fails now, not mid-run
         self.policy_config = PolicyConfig(
             action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
             chunk_size=cfg.chunk_size, action_format=cfg.action_format,
@@ -213,61 +276,44 @@ class Trainer:
             # the frame size each camera was recorded at, so evaluation renders the same
             camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
             state_dim=0 if data.state is None else int(data.state.shape[1]),
-            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, base_model=str(cfg.model),
-            dataset=str(cfg.dataset), training={"train": asdict(cfg)})
+            n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, ensemble_weights=cfg.ensemble_weights,
+            base_model=str(cfg.model), dataset=str(cfg.dataset), training={"train": asdict(cfg)})
         qlora = cfg.quantize != "none"
         self.vlm = load_vlm(resume_from if (resume_from and not cfg.lora_rank) else cfg.model,
-                            device=self.acc.device if qlora else "cpu", quantize=cfg.quantize)
+                            dtype=weights_dtype(cfg.model_dtype, bool(cfg.lora_rank), cfg.model),
+                            device=self.acc.device if qlora else "cpu", quantize=cfg.quantize,
+                            attn_implementation=cfg.attn_implementation)
         model = self.vlm.model
         if cfg.lora_rank:
-            from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
             if qlora:  # QLoRA: the quantized base frozen, its norms and embeddings in float32
+                from peft import prepare_model_for_kbit_training
                 model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-            if resume_from:
-                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
-            else:
-                model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                         target_modules=cfg.lora_targets, lora_dropout=0.0))
+            model = apply_lora(model, cfg, resume_from)
         return data, model
 
     # -- data -----------------------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """The shuffled frame order of an epoch, computed once per epoch rather than per step."""
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)))
-        return self._order[1]
-
-    def micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
-        """This rank's share of global micro-batch number `micro` (a pure function of seed and micro)."""
-        epoch, position = divmod(micro, self.batches_per_epoch)
-        order = self._epoch_order(epoch)
-        rank = self.acc.process_index
-        start = position * self.global_batch + rank * self.cfg.batch_size
-        examples = []
-        for idx in order[start:start + self.cfg.batch_size]:
-            sample = self.dataset[int(idx)]
-            rng = np.random.default_rng([self.cfg.seed, epoch, int(idx)])
-            if self.stage2:  # prompt, normalised actions, noise and flow time
-                examples.append(self.stage2.example(sample, rng))
-            else:
-                examples.append(self.processor.training_example(sample.frames, sample.task, sample.actions, rng,
-                                                                self.cfg.mask_max_frac, self.cfg.mask_p_none))
-        if self.stage2:
-            return self.stage2.collate(examples)
-        return collate(examples, self.processor.pad_id, padding_side="right")
+    def batches(self, first_micro: int):
+        """This rank's micro-batches from global micro-batch `first_micro` to the end of the run."""
+        cfg = self.cfg
+        sampler = StepSampler(len(self.dataset), cfg.batch_size, self.acc.num_processes, self.acc.process_index,
+                              cfg.seed, first_micro, self.total_steps * cfg.grad_accum)
+        return training_loader(self.examples, sampler, self.collate, cfg.workers, cfg.prefetch)
 
     # -- loop -----------------------------------------------------------------------------------
     def train(self) -> Path:
         cfg, acc = self.cfg, self.acc
         self.out.mkdir(parents=True, exist_ok=True)
         log = open(self.out / "train_log.jsonl", "a") if acc.is_main_process else None
+        if self.trackers:
+            acc.init_trackers("vla0", config=flat_config(cfg))
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process))
         self.model.train()
+        batches = iter(self.batches(self.step * cfg.grad_accum))
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             total = 0.0
             for k in range(cfg.grad_accum):
-                batch = {n: t.to(acc.device) for n, t in self.micro_batch(self.step * cfg.grad_accum + k).items()}
+                batch = {n: t.to(acc.device, non_blocking=True) for n, t in next(batches).items()}
                 sync = k == cfg.grad_accum - 1
                 with (acc.no_sync(self.model) if not sync else contextlib.nullcontext(),
                       torch.autocast(acc.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")):
@@ -282,11 +328,14 @@ class Trainer:
             self.step += 1
             loss_mean = acc.reduce(torch.tensor(total, device=acc.device), "mean").item()
             seconds = time.perf_counter() - t0
+            record = {"step": self.step, "loss": loss_mean, "lr": self.scheduler.get_last_lr()[0],
+                      "samples_per_s": self.global_batch * cfg.grad_accum / seconds,
+                      "epoch": self.step * cfg.grad_accum / self.batches_per_epoch}
             if log:
-                log.write(json.dumps({"step": self.step, "loss": loss_mean, "lr": self.scheduler.get_last_lr()[0],
-                                      "samples_per_s": self.global_batch * cfg.grad_accum / seconds,
-                                      "epoch": self.step * cfg.grad_accum / self.batches_per_epoch}) + "\n")
+                log.write(json.dumps(record) + "\n")
                 log.flush()
+            if self.trackers:
+                acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=self.step)
             bar.set_postfix(loss=f"{loss_mean:.3f}")
             bar.update(1)
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
@@ -294,6 +343,8 @@ class Trainer:
         bar.close()
         if log:
             log.close()
+        if self.trackers:
+            acc.end_training()
         return self.export_policy()
 
     def _write_policy(self, folder: Path) -> None:

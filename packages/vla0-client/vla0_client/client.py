@@ -144,7 +144,8 @@ class RemotePolicy:
         self.executor = ChunkExecutor(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
                                       int(meta.get("n_action_steps", meta.get("action_horizon", 1))),  # protocol 1
                                       (np.asarray(bounds.get("min", -np.inf), np.float32),
-                                       np.asarray(bounds.get("max", np.inf), np.float32)))
+                                       np.asarray(bounds.get("max", np.inf), np.float32)),
+                                      meta.get("ensemble_weights", "exponential"))
 
     def _client(self, env_id: int) -> PolicyClient:
         if env_id not in self._clients:

@@ -23,14 +23,21 @@ class _History:
     chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (step predicted at, (H, D))
 
 
+ENSEMBLE_WEIGHTS = ("exponential", "vla0")
+
+
 class ChunkExecutor:
     def __init__(self, ensemble: int = 1, decay: float = 0.0, n_action_steps: int | None = None,
-                 bounds: tuple[np.ndarray, np.ndarray] | None = None):
+                 bounds: tuple[np.ndarray, np.ndarray] | None = None, weights: str = "exponential"):
         """ensemble: how many of the newest chunks vote (1 = no ensembling).
         decay: weights exp(-decay * i) with i = 0 for the oldest voter, as in ALOHA; 0 = uniform.
         n_action_steps: a new chunk is due every this many steps (None: only when no stored chunk
         covers the step, e.g. a server that adds one per request).
-        bounds: (low, high) every executed action is clipped to; None: no clipping."""
+        bounds: (low, high) every executed action is clipped to; None: no clipping.
+        weights: "exponential" (with decay) or "vla0" (VLA-0's released code: newest 1.0, older 0.5)."""
+        if weights not in ENSEMBLE_WEIGHTS:
+            raise ValueError(f"ensemble weights must be one of {ENSEMBLE_WEIGHTS}, got {weights!r}")
+        self.weights = weights
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         if n_action_steps is not None and n_action_steps < 1:
@@ -72,7 +79,10 @@ class ChunkExecutor:
         rows = [c[h.step - s] for s, c in h.chunks if h.step - s < len(c)]
         if not rows:
             raise RuntimeError(f"env {env_id}: no chunk covers step {h.step}; call add() first")
-        weights = np.exp(-self.decay * np.arange(len(rows)))
+        if self.weights == "vla0":  # rows run oldest to newest
+            weights = np.where(np.arange(len(rows)) == len(rows) - 1, 1.0, 0.5)
+        else:
+            weights = np.exp(-self.decay * np.arange(len(rows)))
         h.step += 1
         action = np.average(np.stack(rows), axis=0, weights=weights).astype(np.float32)
         return action if self.bounds is None else np.clip(action, *self.bounds)
