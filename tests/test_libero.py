@@ -194,7 +194,7 @@ def test_policy_mismatch_and_missing_libero_fail_before_any_env(tmp_path, monkey
     from vla0.cli import main
     from vla0.envs import libero_install
 
-    monkeypatch.setattr(ev, "EnvPool", lambda *a, **k: pytest.fail("an env pool was started"))
+    monkeypatch.setattr(ev, "open_pool", lambda *a, **k: pytest.fail("an env pool was started"))
 
     class FourDim:
         name, needs_images = "four", True
