@@ -123,6 +123,11 @@ def match_frames(path: Path, wants: np.ndarray, tolerance: float) -> Iterator[tu
                      f"{wants[order[-1]]:.3f} s are asked for (truncated?)")
 
 
+# Containers a forked process inherited. Freeing one there would hang: FFmpeg joins the decoder's
+# threads, which exist only in the parent. They are kept referenced, never freed, in the child.
+_INHERITED: list = []
+
+
 class VideoFrames:
     """Random access to video frames by timestamp: seek to the keyframe before the time and
     decode forward to it. Keeps the last few files open, per process: a forked DataLoader worker
@@ -138,6 +143,7 @@ class VideoFrames:
 
     def _container(self, path: Path):
         if self._pid != os.getpid():  # inherited through fork: the parent's files are not ours to read
+            _INHERITED.extend(self._open.values())  # and never ours to free (see _INHERITED)
             self._open, self._pid = OrderedDict(), os.getpid()
         if path in self._open:
             self._open.move_to_end(path)

@@ -10,6 +10,7 @@ was resumed, so --resume reproduces the uninterrupted run exactly and ranks neve
 
 from __future__ import annotations
 
+import gc
 from typing import Callable
 
 import numpy as np
@@ -82,7 +83,11 @@ def epoch_order(seed: int, epoch: int, num_frames: int) -> np.ndarray:
 def training_loader(examples: TrainingExamples, sampler: StepSampler, collate_fn: Callable, workers: int = 0,
                     prefetch: int = 4) -> DataLoader:
     """Batches in sampler order; with workers > 0 each worker builds whole micro-batches, `prefetch`
-    of them ahead (the DataLoader hands them back in order)."""
+    of them ahead (the DataLoader hands them back in order). Iterate it at once: garbage is
+    collected here so that no video container the parent left for the collector is freed in a
+    forked worker, where FFmpeg would wait forever to join decoder threads that exist only in
+    the parent (seen as a hung worker)."""
+    gc.collect()
     return DataLoader(examples, batch_sampler=sampler, num_workers=workers,
                       collate_fn=collate_fn,
                       prefetch_factor=prefetch if workers else None)
