@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla0.codec import DecodedChunk, repair
+from vla0.codec import DecodedChunk, check_bounds, repair
 from vla0.prompt import PROMPT_CORPUS, system_prompt
 
 NUM_BINS = 256  # OpenVLA's
@@ -65,12 +65,7 @@ class BinCodec:
     token_ids: list[int]  # bin k -> token id (action_token_block)
 
     def __post_init__(self):
-        self.low = np.asarray(self.low, dtype=np.float64).reshape(-1)
-        self.high = np.asarray(self.high, dtype=np.float64).reshape(-1)
-        if self.low.shape != self.high.shape:
-            raise ValueError(f"codec bounds differ in length: q01 {self.low.shape} vs q99 {self.high.shape}")
-        if np.any(self.high < self.low):
-            raise ValueError(f"action q99 below q01 in dimension(s) {np.flatnonzero(self.high < self.low).tolist()}")
+        self.low, self.high = check_bounds(self.low, self.high)  # q01, q99
         if self.chunk_size < 1 or self.num_bins < 2:
             raise ValueError(f"chunk_size must be >= 1 and bins >= 2, got {self.chunk_size}, {self.num_bins}")
         self.constant = self.high == self.low

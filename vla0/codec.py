@@ -25,6 +25,18 @@ class DecodedChunk:
     well_formed: bool
 
 
+def check_bounds(low, high) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension normalisation bounds as float64 vectors of one length, low <= high."""
+    low = np.asarray(low, dtype=np.float64).reshape(-1)
+    high = np.asarray(high, dtype=np.float64).reshape(-1)
+    if low.shape != high.shape:
+        raise ValueError(f"codec bounds differ in length: low {low.shape} vs high {high.shape}")
+    if np.any(high < low):
+        raise ValueError(f"codec bounds inverted in dimension(s) {np.flatnonzero(high < low).tolist()}: "
+                         f"high {high} < low {low}")
+    return low, high
+
+
 @dataclass
 class ActionCodec:
     low: np.ndarray  # (D,) action value that maps to bin 0
@@ -33,12 +45,7 @@ class ActionCodec:
     num_bins: int = 1000
 
     def __post_init__(self):
-        self.low = np.asarray(self.low, dtype=np.float64).reshape(-1)
-        self.high = np.asarray(self.high, dtype=np.float64).reshape(-1)
-        if self.low.shape != self.high.shape:
-            raise ValueError(f"codec bounds differ in length: low {self.low.shape} vs high {self.high.shape}")
-        if np.any(self.high < self.low):
-            raise ValueError(f"codec bounds inverted: high {self.high} < low {self.low}")
+        self.low, self.high = check_bounds(self.low, self.high)
         if self.chunk_size < 1 or self.num_bins < 1:
             raise ValueError(f"chunk_size and num_bins must be >= 1, got {self.chunk_size}, {self.num_bins}")
         # A constant dimension has zero range: any positive span maps it to bin 0 and back exactly.

@@ -102,12 +102,7 @@ class RayEnvPool(EnvPool):
         return out
 
     def close(self) -> None:
-        for actor in getattr(self, "_actors", []):
-            try:
-                self._ray.get(actor.close.remote(), timeout=30)
-            except Exception:  # a dead actor or node has nothing left to close
-                pass
-            self._ray.kill(actor)
+        close_actors(self._ray, getattr(self, "_actors", []))
         self._actors = []
 
 
@@ -116,3 +111,13 @@ def open_pool(num_workers: int, ray_address: str | None = None) -> EnvPool:
     if ray_address is None:
         return EnvPool(num_workers)
     return RayEnvPool(max(1, num_workers), ray_address)
+
+
+def close_actors(ray, actors) -> None:
+    """Ask each actor to close its envs, then end it."""
+    for actor in actors:
+        try:
+            ray.get(actor.close.remote(), timeout=30)
+        except Exception:  # a dead actor or node has nothing left to close
+            pass
+        ray.kill(actor)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vla0.config import PolicyConfig
-from vla0.envs.ray_pool import connect, start_actors
+from vla0.envs.ray_pool import close_actors, connect, start_actors
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory, render_settings
 
 
@@ -85,10 +85,5 @@ class RayRolloutWorkers:
         return [t for job in jobs for t in by_group.get(job.group, [])]
 
     def close(self) -> None:
-        for actor in self._actors:
-            try:
-                self._ray.get(actor.close.remote(), timeout=30)
-            except Exception:  # a dead actor or node has nothing left to close
-                pass
-            self._ray.kill(actor)
+        close_actors(self._ray, self._actors)
         self._actors = []
