@@ -27,6 +27,17 @@ class Env(Protocol):
     def close(self) -> None: ...
 
 
+def checked_action(task: str, started: bool, action, action_dim: int) -> np.ndarray:
+    """An action an adapter may execute: only after reset, exactly action_dim values, NaN and
+    infinities replaced, clipped to [-1, 1] (both adapters' normalised action range)."""
+    if not started:
+        raise RuntimeError(f"{task}: call reset(seed) before step()")
+    action = np.asarray(action, dtype=np.float32).reshape(-1)
+    if action.shape != (action_dim,):
+        raise ValueError(f"{task}: action must have {action_dim} values, got shape {action.shape}")
+    return np.clip(np.nan_to_num(action), -1.0, 1.0)
+
+
 class EnvFamily:
     """A simulator adapter's facts and factory; subclasses fill these in."""
     name: str = ""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla0.envs.base import EnvFamily, EnvSpec
+from vla0.envs.base import EnvFamily, EnvSpec, checked_action
 from vla0.envs.libero_install import import_libero
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -276,12 +276,7 @@ class LiberoEnv:
         return self._env.regenerate_obs_from_state(self.sim.get_state().flatten())
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, bool, dict]:
-        if self._raw is None:
-            raise RuntimeError(f"{self.spec.task}: call reset(seed) before step()")
-        action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != (Libero.action_dim,):
-            raise ValueError(f"{self.spec.task}: action must have {Libero.action_dim} values, got shape {action.shape}")
-        action = np.clip(np.nan_to_num(action), -1.0, 1.0)
+        action = checked_action(self.spec.task, self._raw is not None, action, Libero.action_dim)
         action[-1] = 1.0 if action[-1] > 0 else -1.0
         self._render_next = render
         self._raw, reward, done, _ = self._env.step(action)

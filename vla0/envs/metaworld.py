@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla0.envs.base import EnvFamily, EnvSpec
+from vla0.envs.base import EnvFamily, EnvSpec, checked_action
 from vla0.envs.gl import ensure_gl
 
 ensure_gl()  # must precede the first mujoco import
@@ -153,12 +153,7 @@ class MetaWorldEnv:
     def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, float, bool, bool, dict]:
         """render=False leaves the camera images out of the observation: a caller that executes
         an action chunk looks only at the frame it replans from, and rendering is most of a step."""
-        if self._raw is None:
-            raise RuntimeError(f"{self.spec.task}: call reset(seed) before step()")
-        action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != (MetaWorld.action_dim,):
-            raise ValueError(f"{self.spec.task}: action must have {MetaWorld.action_dim} values, got shape {action.shape}")
-        action = np.clip(np.nan_to_num(action), -1.0, 1.0)
+        action = checked_action(self.spec.task, self._raw is not None, action, MetaWorld.action_dim)
         raw, reward, _, _, info = self._env.step(action)
         self._raw = raw
         self._steps += 1
