@@ -136,6 +136,14 @@ def test_flow_policy_round_trip_select_action_and_serving(run, dataset):
         assert reply["actions"].shape == (2, 4) and np.isfinite(reply["actions"]).all()
 
 
+def test_compiled_flow_policy_predicts_the_eager_chunks(run, dataset):
+    folder, obs = run.out / "policy", observations(dataset)
+    eager = VLA0Policy.from_pretrained(folder, generator=torch.Generator().manual_seed(3))
+    compiled = VLA0Policy.from_pretrained(folder, generator=torch.Generator().manual_seed(3))
+    assert compiled.compile_model("default") == 2 + 2 + 2  # text MLPs, vision MLPs, expert blocks
+    np.testing.assert_allclose(compiled.predict_action_chunk(obs), eager.predict_action_chunk(obs), atol=1e-5)
+
+
 def test_stage2_resume_continues_exactly(stage1, dataset, tmp_path):
     Trainer(config(stage1, dataset, tmp_path / "a", steps=4, save_every=2, batch_size=4)).train()
     Trainer(config(stage1, dataset, tmp_path / "b", steps=2, save_every=2, batch_size=4)).train()

@@ -73,6 +73,18 @@ def test_select_action_uses_per_env_ensembling(policy):
     assert policy.executor.needs_chunk(9)
 
 
+def test_compiled_policy_decodes_the_eager_chunks(policy, tiny_policy_dir):
+    """--compile: the MLPs of all 2 text layers and 2 vision blocks compiled, the same greedy chunks
+    at batch 1 and 3 (a second batch size reuses the dynamic graphs)."""
+    compiled = VLA0Policy.from_pretrained(tiny_policy_dir, compile="default")
+    assert len(compiled.vlm.model.model.language_model.layers) == 2
+    assert all(layer.mlp._compiled_call_impl is not None for layer in compiled.vlm.model.model.language_model.layers)
+    for batch in (1, 3):
+        np.testing.assert_array_equal(compiled.predict_action_chunk(obs(batch)), policy.predict_action_chunk(obs(batch)))
+    with pytest.raises(ValueError, match="compile mode must be one of none, default"):
+        VLA0Policy.from_pretrained(tiny_policy_dir / "not-even-a-folder", compile="fast")  # before looking for files
+
+
 @pytest.mark.parametrize("mutate,message", [
     (lambda o: o.pop("observation.images.wrist"), "lacks camera 'observation.images.wrist'"),
     (lambda o: o.__setitem__("observation.images.front", o["observation.images.front"].astype(np.float32)),

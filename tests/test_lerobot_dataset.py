@@ -55,6 +55,18 @@ def test_round_trip(written):
     np.testing.assert_array_equal(d.task_index, np.repeat([0, 1, 0], [5, 7, 6]))
 
 
+def test_one_frame_episode_round_trips(tmp_path):
+    """An episode of one frame (an expert that succeeds at once): the encoder holds the frame and
+    no video bytes exist yet when the writer checks the file's size for rollover."""
+    w = LeRobotWriter(tmp_path / "one", 10, {"cam": (H, W)}, 4, 4)
+    for e, T in enumerate([1, 3]):
+        w.add_episode({"cam": smooth_frames(T, e)}, np.full((T, 4), e, np.float32), np.full((T, 4), e, np.float32), "t")
+    d = load_lerobot(w.finalize())
+    assert [(r.start, r.end) for r in d.episodes] == [(0, 1), (1, 4)]
+    assert d.images["observation.images.cam"].shape == (4, H, W, 3)
+    np.testing.assert_array_equal(d.action[:, 0], [0, 1, 1, 1])
+
+
 def test_layout_and_stats(written):
     root, eps = written
     info = json.loads((root / "meta/info.json").read_text())

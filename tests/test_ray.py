@@ -16,6 +16,7 @@ from vla0.envs.ray_pool import RayEnvPool
 from vla0.envs.runner import EpisodeJob, EpisodeRunner
 from vla0.eval.baselines import ExpertPolicy
 from vla0.eval.evaluate import evaluate
+from vla0.eval.ray_policy import RayPolicy
 from vla0.policy.policy import VLA0Policy
 from vla0.rl.rollout import RolloutJob, RolloutWorker
 from vla0.rl.trainer import RLConfig, RLTrainer
@@ -54,6 +55,35 @@ def test_policy_episodes_on_ray_are_the_local_ones_frame_for_frame(local_ray, me
         assert np.array_equal(np.stack(a.actions), np.stack(b.actions))
         for oa, ob in zip(a.observations, b.observations):
             assert np.array_equal(oa["observation.images.corner3"], ob["observation.images.corner3"])
+
+
+def test_policy_in_its_own_ray_actor_gives_the_driver_policys_episodes(local_ray, metaworld_policy_dir, tmp_path):
+    """--policy-gpus: the policy in a Ray actor (0 GPUs here), one env actor; the same actions,
+    outcomes and evaluation settings as the policy in the driver with local workers."""
+    spec = get_env("metaworld").spec("reach-v3", ("corner3",), (32, 32), 5)
+    jobs = [EpisodeJob(spec, 10_000 + i, record=True) for i in range(3)]
+    local_policy = VLA0Policy.from_pretrained(metaworld_policy_dir, ensemble=1)
+    remote_policy = RayPolicy(metaworld_policy_dir, num_gpus=0, num_cpus=1, address="", ensemble=1)
+    try:
+        assert (remote_policy.name, remote_policy.config) == (local_policy.name, local_policy.config)
+        with EnvPool(0) as pool:
+            local = EpisodeRunner(pool, 2, 4).run(jobs, local_policy)
+        with RayEnvPool(1) as pool:
+            remote = EpisodeRunner(pool, 2, 4).run(jobs, remote_policy)
+        for a, b in zip(local, remote):
+            assert (a.slot, a.success, a.steps) == (b.slot, b.success, b.steps)
+            assert np.array_equal(np.stack(a.actions), np.stack(b.actions))
+        assert remote_policy.malformed_outputs == local_policy.malformed_outputs
+    finally:
+        remote_policy.close()
+
+
+def test_policy_gpus_needs_ray_and_a_policy_folder(tmp_path, capsys):
+    base = ["eval", "--tasks", "reach-v3", "--out", str(tmp_path), "--policy-gpus", "1"]
+    assert main(base + ["--policy", str(tmp_path)]) == 2
+    assert "add --ray" in capsys.readouterr().err
+    assert main(base + ["--policy", "expert", "--ray"]) == 2
+    assert "not to 'expert'" in capsys.readouterr().err
 
 
 def test_one_rl_iteration_on_ray(local_ray, metaworld_policy_dir, tmp_path):

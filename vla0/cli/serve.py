@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vla0.model.quantize import QUANTIZE_MODES
+from vla0.model.compile import COMPILE_MODES
 from vla0.options import add_options, build, option
 
 
@@ -21,6 +22,8 @@ class ServeCommand:
     quantize: str = option("none", "quantized weights: int8/nf4 (bitsandbytes), ao-int8/ao-int8-weight/ao-int4 "
                            "(torchao)", choices=QUANTIZE_MODES)
     quantize_vision: bool = option(False, "with --quantize, quantize the vision tower too")
+    compile: str = option("none", "torch.compile the model's MLPs (and a flow head's expert) with this mode; "
+                          "the first requests of each batch size then wait for compilation", choices=COMPILE_MODES)
     max_message_mb: float = option(16.0, "largest accepted request, in MiB")
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
     device = cmd.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = VLA0Policy.from_pretrained(cmd.policy, device=device, dtype=getattr(torch, cmd.dtype),
                                         ensemble=cmd.ensemble, quantize=cmd.quantize,
-                                        quantize_vision=cmd.quantize_vision)
+                                        quantize_vision=cmd.quantize_vision, compile=cmd.compile)
     PolicyServer(policy, cfg, model_name=Path(cmd.policy).resolve().name).run()
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vla0.model.quantize import QUANTIZE_MODES
+from vla0.model.compile import COMPILE_MODES
 from vla0.options import add_options, build, option
 
 
@@ -58,12 +59,17 @@ class EvalConfig:
     quantize: str = option("none", "quantized weights: int8/nf4 (bitsandbytes), ao-int8/ao-int8-weight/ao-int4 "
                            "(torchao)", choices=QUANTIZE_MODES)
     quantize_vision: bool = option(False, "with --quantize, quantize the vision tower too")
+    compile: str = option("none", "torch.compile the model's MLPs (and a flow head's expert) with this mode",
+                          choices=COMPILE_MODES)
     max_episode_steps: int | None = option(None, "episode cap (default: the env's per-task cap)",
                                            aliases=("--max-steps",))
     videos: int = option(2, "rollout videos per task")
     workers: int = option(2, "env worker processes (with --ray: Ray actors)")
     batch_envs: int | None = option(None, "episodes run in lockstep (one batched model call)")
     ray: str | None = option(None, "Ray cluster address for the env slots (--ray [ADDRESS])", cli=False)
+    policy_gpus: float | None = option(None, "with --ray: run the policy in a Ray actor of its own with this many "
+                                       "GPUs (0: on the cluster's CPUs); default: in this process")
+    policy_cpus: float = option(1.0, "with --policy-gpus: CPUs the policy's actor reserves")
     visible_goal: bool = option(True, "Meta-World: a larger green goal marker (must match the demonstrations)")
     protocol: str | None = option(None, "LIBERO: evaluation protocol, published (default: caps 220/280/300/520/400) "
                                   "or lerobot (280 on libero_spatial)")
@@ -104,10 +110,14 @@ def load_eval_policy(cfg: EvalConfig, family):
             raise ValueError(f"{family.name} has no scripted expert")
         return ExpertPolicy(), None
     from vla0.policy.policy import VLA0Policy
-    policy = VLA0Policy.from_pretrained(cfg.policy, ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps,
-                                        temperature=cfg.temperature, fast_decode=cfg.decoder == "fast",
-                                        relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
-                                        quantize_vision=cfg.quantize_vision)
+    options = dict(ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps, temperature=cfg.temperature,
+                   fast_decode=cfg.decoder == "fast", relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
+                   quantize_vision=cfg.quantize_vision, compile=cfg.compile)
+    if cfg.policy_gpus is not None:
+        from vla0.eval.ray_policy import RayPolicy
+        policy = RayPolicy(cfg.policy, cfg.policy_gpus, cfg.policy_cpus, cfg.ray, **options)
+    else:
+        policy = VLA0Policy.from_pretrained(cfg.policy, **options)
     return policy, (policy.config.cameras, policy.config.camera_shapes)
 
 
@@ -128,6 +138,12 @@ def cmd_eval(args) -> None:
         require_ray()
     if not cfg.server and cfg.policy is None:
         raise ValueError("give --policy RUN_DIR|random|expert or --server ws://HOST:PORT")
+    if cfg.policy_gpus is not None:
+        if cfg.ray is None:
+            raise ValueError(f"--policy-gpus {cfg.policy_gpus} places the policy on a Ray actor: add --ray [ADDRESS]")
+        if cfg.server or cfg.policy in ("random", "expert"):
+            raise ValueError(f"--policy-gpus applies to a trained policy folder, not to "
+                             f"{cfg.server or cfg.policy!r}")
     policy, trained_on = load_eval_policy(cfg, family)
     cameras, size = cfg.cameras, cfg.image_size
     if trained_on is not None:  # render what the policy was trained on unless told otherwise

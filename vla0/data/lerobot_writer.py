@@ -169,7 +169,8 @@ class LeRobotWriter:
             hist = image_histogram(frames)
             self._hist[key] += hist
             stats[key] = histogram_stats(hist, T)
-            if writer.path.stat().st_size >= self.video_bytes_limit:
+            # the encoder may hold a short episode's frames (no file on disk yet): nothing written, no rollover
+            if writer.path.exists() and writer.path.stat().st_size >= self.video_bytes_limit:
                 self._close_video(key, advance=True)
         for k in self.vectors:
             stats[k] = vector_stats(cols[k])

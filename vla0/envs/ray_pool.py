@@ -48,16 +48,17 @@ def connect(address: str | None):
     return ray
 
 
-def start_actors(ray, cls, n: int, num_cpus: float, *args) -> list:
+def start_actors(ray, cls, n: int, num_cpus: float, *args, num_gpus: float = 0) -> list:
     """n actors of cls, started and ready; a cluster without room for them is an error."""
-    actor = ray.remote(num_cpus=num_cpus)(cls)
+    actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
     actors = [actor.remote(*args) for _ in range(n)]
     try:
         ray.get([a.ready.remote() for a in actors], timeout=START_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         for a in actors:
             ray.kill(a)
-        raise RuntimeError(f"Ray did not start {n} {cls.__name__} actors of {num_cpus} CPU each within "
+        raise RuntimeError(f"Ray did not start {n} {cls.__name__} actors of {num_cpus} CPU"
+                           f"{f' and {num_gpus} GPU' if num_gpus else ''} each within "
                            f"{START_TIMEOUT_S:.0f} s; the cluster has {ray.cluster_resources()}, free "
                            f"{ray.available_resources()}: lower --workers or add nodes") from None
     return actors

@@ -76,3 +76,4 @@ def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device
         if quantize in AO_MODES:
             apply_torchao(model, quantize, quantize_vision)
     return VLM(model, tokenizer, image_processor)
+
