@@ -68,7 +68,7 @@ def main() -> None:
         dtype = getattr(torch, args.dtype)
         results, reference = {}, {}
         for mode in ["none"] + [m.strip() for m in args.modes.split(",")]:
-            policy = VLA0Policy.from_pretrained(folder, device=args.device, dtype=dtype, compile=mode)
+            policy = VLA0Policy.from_pretrained(folder, device=args.device, dtype=dtype, compile_mode=mode)
             row = {}
             for b in batches:
                 obs = observations(b)

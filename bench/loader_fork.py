@@ -73,7 +73,7 @@ def main() -> None:
             batches += len(list(training_loader(examples, sampler, pad, workers=2, prefetch=2)))
             print(f"iteration {it + 1}/{args.iterations}: {batches} batches, {time.perf_counter() - t0:.0f} s", flush=True)
     report = {"bench": "loader_fork", "iterations": args.iterations, "workers": 2, "batches": batches,
-              "hangs": 0, "seconds": round(time.perf_counter() - t0, 1),
+              "finished": "all iterations (a hang would have kept this file from being written)", "seconds": round(time.perf_counter() - t0, 1),
               "command": f"python bench/loader_fork.py --iterations {args.iterations}"}
     write_json_atomic(report, Path(args.out))
     print(report)

@@ -76,13 +76,13 @@ def test_select_action_uses_per_env_ensembling(policy):
 def test_compiled_policy_decodes_the_eager_chunks(policy, tiny_policy_dir):
     """--compile: the MLPs of all 2 text layers and 2 vision blocks compiled, the same greedy chunks
     at batch 1 and 3 (a second batch size reuses the dynamic graphs)."""
-    compiled = VLA0Policy.from_pretrained(tiny_policy_dir, compile="default")
+    compiled = VLA0Policy.from_pretrained(tiny_policy_dir, compile_mode="default")
     assert len(compiled.vlm.model.model.language_model.layers) == 2
     assert all(layer.mlp._compiled_call_impl is not None for layer in compiled.vlm.model.model.language_model.layers)
     for batch in (1, 3):
         np.testing.assert_array_equal(compiled.predict_action_chunk(obs(batch)), policy.predict_action_chunk(obs(batch)))
     with pytest.raises(ValueError, match="compile mode must be one of none, default"):
-        VLA0Policy.from_pretrained(tiny_policy_dir / "not-even-a-folder", compile="fast")  # before looking for files
+        VLA0Policy.from_pretrained(tiny_policy_dir / "not-even-a-folder", compile_mode="fast")  # before looking for files
 
 
 @pytest.mark.parametrize("mutate,message", [

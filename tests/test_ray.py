@@ -59,11 +59,25 @@ def test_policy_episodes_on_ray_are_the_local_ones_frame_for_frame(local_ray, me
 
 def test_policy_in_its_own_ray_actor_gives_the_driver_policys_episodes(local_ray, metaworld_policy_dir, tmp_path):
     """--policy-gpus: the policy in a Ray actor (0 GPUs here), one env actor; the same actions,
-    outcomes and evaluation settings as the policy in the driver with local workers."""
+    outcomes and evaluation settings as the policy in the driver with local workers. Two steps
+    per chunk: every other step sends no frames (the actor said no env would read them)."""
     spec = get_env("metaworld").spec("reach-v3", ("corner3",), (32, 32), 5)
     jobs = [EpisodeJob(spec, 10_000 + i, record=True) for i in range(3)]
-    local_policy = VLA0Policy.from_pretrained(metaworld_policy_dir, ensemble=1)
-    remote_policy = RayPolicy(metaworld_policy_dir, num_gpus=0, num_cpus=1, address="", ensemble=1)
+    local_policy = VLA0Policy.from_pretrained(metaworld_policy_dir, ensemble=1, n_action_steps=2)
+    remote_policy = RayPolicy(metaworld_policy_dir, num_gpus=0, num_cpus=1, address="", ensemble=1, n_action_steps=2)
+    sent, actor = [], remote_policy._actor
+
+    class Spy:  # the actor handle, noting which keys each select_action call carries
+        def __getattr__(self, name):
+            return getattr(actor, name)
+
+        class select_action:
+            @staticmethod
+            def remote(obs, ids):
+                sent.append(sorted(obs))
+                return actor.select_action.remote(obs, ids)
+
+    remote_policy._actor = Spy()
     try:
         assert (remote_policy.name, remote_policy.config) == (local_policy.name, local_policy.config)
         with EnvPool(0) as pool:
@@ -74,8 +88,15 @@ def test_policy_in_its_own_ray_actor_gives_the_driver_policys_episodes(local_ray
             assert (a.slot, a.success, a.steps) == (b.slot, b.success, b.steps)
             assert np.array_equal(np.stack(a.actions), np.stack(b.actions))
         assert remote_policy.malformed_outputs == local_policy.malformed_outputs
+        with_frames = ["observation.images.corner3" in keys for keys in sent]
+        assert any(with_frames) and not all(with_frames)
     finally:
+        remote_policy._actor = actor
         remote_policy.close()
+    with pytest.raises(RuntimeError, match="the Ray cluster has 0 GPUs"):
+        RayPolicy(metaworld_policy_dir, num_gpus=1, address="")
+    with pytest.raises(ValueError, match="a policy runs on one device"):
+        RayPolicy(metaworld_policy_dir, num_gpus=2, address="")
 
 
 def test_policy_gpus_needs_ray_and_a_policy_folder(tmp_path, capsys):

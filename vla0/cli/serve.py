@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vla0.model.quantize import QUANTIZE_MODES
 from vla0.model.compile import COMPILE_MODES
+from vla0.model.quantize import QUANTIZE_MODES
 from vla0.options import add_options, build, option
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
     device = cmd.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = VLA0Policy.from_pretrained(cmd.policy, device=device, dtype=getattr(torch, cmd.dtype),
                                         ensemble=cmd.ensemble, quantize=cmd.quantize,
-                                        quantize_vision=cmd.quantize_vision, compile=cmd.compile)
+                                        quantize_vision=cmd.quantize_vision, compile_mode=cmd.compile)
     PolicyServer(policy, cfg, model_name=Path(cmd.policy).resolve().name).run()
 
 

@@ -6,8 +6,8 @@ import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vla0.model.quantize import QUANTIZE_MODES
 from vla0.model.compile import COMPILE_MODES
+from vla0.model.quantize import QUANTIZE_MODES
 from vla0.options import add_options, build, option
 
 
@@ -112,7 +112,7 @@ def load_eval_policy(cfg: EvalConfig, family):
     from vla0.policy.policy import VLA0Policy
     options = dict(ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps, temperature=cfg.temperature,
                    fast_decode=cfg.decoder == "fast", relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
-                   quantize_vision=cfg.quantize_vision, compile=cfg.compile)
+                   quantize_vision=cfg.quantize_vision, compile_mode=cfg.compile)
     if cfg.policy_gpus is not None:
         from vla0.eval.ray_policy import RayPolicy
         policy = RayPolicy(cfg.policy, cfg.policy_gpus, cfg.policy_cpus, cfg.ray, **options)

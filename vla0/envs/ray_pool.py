@@ -3,8 +3,9 @@
 Slot i lives in actor i % num_actors, as it lives in worker process i % num_workers of an
 EnvPool, and each actor keeps its slots' envs with the same code as a worker process
 (vla0.envs.pool._Slots). Only the transport differs: Ray method calls instead of pipes, so the
-actors may sit on any node of the cluster. The policy stays in the driver and batches the slots'
-observations as with the local pool, so the same seeds give the same episodes.
+actors may sit on any node of the cluster. The policy stays in the driver (or in an actor of its
+own, vla0.eval.ray_policy) and batches the slots' observations as with the local pool, so the same
+seeds give the same episodes.
 
 Ray is an optional dependency: `pip install 'vla0[ray]'`. Every node needs vla0 installed (the
 actors import it) and, to render, the EGL or OSMesa libraries (see vla0.envs.gl).
@@ -48,8 +49,10 @@ def connect(address: str | None):
     return ray
 
 
-def start_actors(ray, cls, n: int, num_cpus: float, *args, num_gpus: float = 0) -> list:
-    """n actors of cls, started and ready; a cluster without room for them is an error."""
+def start_actors(ray, cls, n: int, num_cpus: float, *args, num_gpus: float = 0,
+                 hint: str = "lower --workers or add nodes") -> list:
+    """n actors of cls, started and ready; a cluster without room for them is an error (hint: what
+    the user can change)."""
     actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
     actors = [actor.remote(*args) for _ in range(n)]
     try:
@@ -60,7 +63,7 @@ def start_actors(ray, cls, n: int, num_cpus: float, *args, num_gpus: float = 0) 
         raise RuntimeError(f"Ray did not start {n} {cls.__name__} actors of {num_cpus} CPU"
                            f"{f' and {num_gpus} GPU' if num_gpus else ''} each within "
                            f"{START_TIMEOUT_S:.0f} s; the cluster has {ray.cluster_resources()}, free "
-                           f"{ray.available_resources()}: lower --workers or add nodes") from None
+                           f"{ray.available_resources()}: {hint}") from None
     return actors
 
 

@@ -110,7 +110,8 @@ def evaluate(
     policy's folder or server), env, cameras, size, options) runs only the episodes still
     missing, and may ask for more tasks or episodes than the first run.
     ray: run the env slots on Ray actors (num_workers of them) at this address ("": $RAY_ADDRESS
-    or a local instance); None: local worker processes. The policy runs here either way."""
+    or a local instance); None: local worker processes. The policy runs here, unless it is a
+    vla0.eval.ray_policy.RayPolicy (its own actor)."""
     family = get_env(env)
     tasks = list(tasks)
     family.check_tasks(tasks, episodes, "evaluate")

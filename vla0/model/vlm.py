@@ -76,4 +76,3 @@ def load_vlm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device
         if quantize in AO_MODES:
             apply_torchao(model, quantize, quantize_vision)
     return VLM(model, tokenizer, image_processor)
-

@@ -113,13 +113,13 @@ class VLA0Policy:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                        quantize: str | None = None, quantize_vision: bool = False, compile: str | None = None,
+                        quantize: str | None = None, quantize_vision: bool = False, compile_mode: str | None = None,
                         **kwargs) -> "VLA0Policy":
         """kwargs: the constructor's options, and execution overrides (n_action_steps, ensemble,
         ensemble_decay); None leaves the stored value. quantize: int8 / nf4 (bitsandbytes),
         ao-int8 / ao-int8-weight / ao-int4 (torchao), see vla0.model.quantize; the vision tower
-        stays unquantized unless quantize_vision. compile: a torch.compile mode (see compile_model)."""
-        check_compile_mode(compile)
+        stays unquantized unless quantize_vision. compile_mode: a torch.compile mode (see compile_model)."""
+        check_compile_mode(compile_mode)
         folder = resolve_policy_dir(path)
         config = PolicyConfig.load(folder)
         overrides = {k: kwargs.pop(k) for k in EXECUTION_FIELDS if k in kwargs}
@@ -130,13 +130,13 @@ class VLA0Policy:
         if config.head == "flow":
             kwargs["expert"] = load_expert(config, folder, device)
         policy = cls(load_policy_vlm(folder, dtype, device, quantize, quantize_vision), config, device, **kwargs)
-        policy.compile_model(compile)
+        policy.compile_model(compile_mode)
         return policy
 
     def compile_model(self, mode: str | None = "default") -> int:
         """torch.compile the VLM's MLPs (text layers and vision blocks) and a flow head's expert
-        blocks for inference; attention and the KV cache stay eager (vla0.model.vlm.compile_for_inference
-        says why). Returns how many modules were compiled (0 for mode None / "none")."""
+        blocks for inference; attention and the KV cache stay eager (vla0.model.compile says why).
+        Returns how many modules were compiled (0 for mode None / "none")."""
         modules = position_wise_modules(self.vlm.model) + (list(self.flow.expert.blocks) if self.flow else [])
         return compile_for_inference(modules, mode)
 
