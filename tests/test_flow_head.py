@@ -146,12 +146,26 @@ def test_compiled_flow_policy_predicts_the_eager_chunks(run, dataset):
 
 def test_stage2_resume_continues_exactly(stage1, dataset, tmp_path):
     Trainer(config(stage1, dataset, tmp_path / "a", steps=4, save_every=2, batch_size=4)).train()
-    Trainer(config(stage1, dataset, tmp_path / "b", steps=2, save_every=2, batch_size=4)).train()
-    resumed = Trainer(config(stage1, dataset, tmp_path / "b", steps=4, save_every=2, batch_size=4, resume=True))
+    own = tmp_path / "stage1"  # a copy: this test rewrites it
+    shutil.copytree(stage1, own)
+    Trainer(config(own, dataset, tmp_path / "b", steps=2, save_every=2, batch_size=4)).train()
+    resumed = Trainer(config(own, dataset, tmp_path / "b", steps=4, save_every=2, batch_size=4, resume=True))
     assert resumed.step == 2
     resumed.train()
     a, b = (load_file(tmp_path / r / "policy" / EXPERT_FILE) for r in "ab")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # a checkpoint holds the expert, not the frozen VLM, and still loads as a policy (VLM from stage 1)
+    checkpoint = tmp_path / "b" / "checkpoints" / "step-0000004"
+    assert (checkpoint / EXPERT_FILE).exists() and not (checkpoint / "model.safetensors").exists()
+    assert (tmp_path / "b" / "policy" / "model.safetensors").exists()
+    obs = observations(dataset)
+    from_checkpoint, final = (VLA0Policy.from_pretrained(f, generator=torch.Generator().manual_seed(5))
+                              for f in (checkpoint, tmp_path / "b" / "policy"))
+    assert np.array_equal(from_checkpoint.predict_action_chunk(obs), final.predict_action_chunk(obs))
+    # stage 1 rewritten since: resuming on another VLM is refused, naming the file
+    (own / "model.safetensors").write_bytes((own / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"changed since this run's checkpoints were written \(model.safetensors\)"):
+        Trainer(config(own, dataset, tmp_path / "b", steps=6, save_every=2, batch_size=4, resume=True))
 
 
 # -- mistakes, caught before loading ---------------------------------------------------------------

@@ -45,6 +45,15 @@ def resolve_policy_dir(path: str | os.PathLike) -> Path:
                             f"policy/{POLICY_FILE} or checkpoints/latest")
 
 
+def vlm_source(folder: Path, config: PolicyConfig) -> Path:
+    """The folder that holds a policy's VLM: its own, or for a stage-2 checkpoint (the expert only;
+    its VLM is frozen) the stage-1 policy named by base_model."""
+    own = (folder / "config.json").exists() or (folder / "adapter_config.json").exists()
+    if config.head == "flow" and not own and config.base_model:
+        return Path(config.base_model)
+    return folder
+
+
 def load_policy_vlm(folder: Path, dtype: torch.dtype = torch.float32, device="cpu", quantize: str | None = None,
                     quantize_vision: bool = False) -> VLM:
     """Full weights load directly; a LoRA adapter loads on top of the base model it names (also
@@ -124,12 +133,13 @@ class VLA0Policy:
         config = PolicyConfig.load(folder)
         overrides = {k: kwargs.pop(k) for k in EXECUTION_FIELDS if k in kwargs}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-        check_model_folder(folder)
+        source = vlm_source(folder, config)
+        check_model_folder(source)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         check_decoding_options(config, **{k: kwargs[k] for k in ("temperature", "fast_decode", "relaxed_k") if k in kwargs})
         if config.head == "flow":
             kwargs["expert"] = load_expert(config, folder, device)
-        policy = cls(load_policy_vlm(folder, dtype, device, quantize, quantize_vision), config, device, **kwargs)
+        policy = cls(load_policy_vlm(source, dtype, device, quantize, quantize_vision), config, device, **kwargs)
         policy.compile_model(compile_mode)
         return policy
 

@@ -71,6 +71,11 @@ def check_stage2(cfg, info: dict) -> tuple[Path, PolicyConfig, FlowExpertConfig]
     return folder, source, expert
 
 
+def stage1_files(folder: Path) -> dict[str, list[int]]:
+    """Size and modification time of the stage-1 policy's files: cheap, and any rewrite shows."""
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(folder.iterdir()) if f.is_file()}
+
+
 class FlowTraining(nn.Module):
     """The frozen VLM and the expert; forward(**batch) returns an object with .loss."""
 
@@ -89,9 +94,12 @@ class FlowTraining(nn.Module):
         states = [s.float() for s in states]
         return SimpleNamespace(loss=flow_loss(lambda x_t, t: self.expert(x_t, t, states, pad), actions, noise, time))
 
-    def save_pretrained(self, folder: Path) -> None:
-        """The whole (merged, LoRA-free) VLM and the expert: a folder that loads on its own."""
-        self.vlm.save_pretrained(folder)
+    def save_pretrained(self, folder: Path, with_vlm: bool = True) -> None:
+        """The whole (merged, LoRA-free) VLM and the expert: a folder that loads on its own. A
+        checkpoint (with_vlm False) holds the expert only: the VLM is frozen, and its config names
+        the stage-1 policy it comes from (7.5 GB of weights not written again at the 3B shape)."""
+        if with_vlm:
+            self.vlm.save_pretrained(folder)
         save_expert(self.expert, folder)
 
 
@@ -100,10 +108,17 @@ class Stage2:
 
     def __init__(self, cfg, info: dict, resume_from: Path | None):
         folder, source, expert_cfg = check_stage2(cfg, info)
+        files = stage1_files(folder)
+        if resume_from:  # checkpoints hold the expert only: the VLM must still be the one they trained on
+            before = PolicyConfig.load(resume_from).training.get("stage1_files")
+            if before is not None and before != files:
+                changed = sorted(k for k in set(before) | set(files) if before.get(k) != files.get(k))
+                raise ValueError(f"--resume: the stage-1 policy {folder} changed since this run's checkpoints were "
+                                 f"written ({', '.join(changed)}); stage 2 resumes only on the same frozen VLM")
         self.policy_config = dataclasses.replace(
             source, head="flow", flow_expert=asdict(expert_cfg), base_model=str(folder.resolve()),
-            dataset=str(cfg.dataset), training={**source.training, "stage2": asdict(cfg)})
-        self.vlm = load_policy_vlm(resume_from or folder)  # a LoRA adapter comes back merged
+            dataset=str(cfg.dataset), training={**source.training, "stage2": asdict(cfg), "stage1_files": files})
+        self.vlm = load_policy_vlm(folder)  # frozen, so always stage 1's; a LoRA adapter comes back merged
         if resume_from:
             expert = load_expert(self.policy_config, resume_from).train()
         else:

@@ -347,8 +347,12 @@ class Trainer:
             acc.end_training()
         return self.export_policy()
 
-    def _write_policy(self, folder: Path) -> None:
-        self.acc.unwrap_model(self.model).save_pretrained(folder)
+    def _write_policy(self, folder: Path, checkpoint: bool = False) -> None:
+        model = self.acc.unwrap_model(self.model)
+        if self.stage2:  # a stage-2 checkpoint leaves out the frozen VLM
+            model.save_pretrained(folder, with_vlm=not checkpoint)
+        else:
+            model.save_pretrained(folder)
         self.vlm.save_processor(folder)
         config = self.policy_config
         if self.cfg.lora_rank:
@@ -359,7 +363,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             def write(tmp: Path) -> None:
-                self._write_policy(tmp)
+                self._write_policy(tmp, checkpoint=True)
                 torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                             "torch_rng": torch.get_rng_state(), "step": self.step}, tmp / TRAINER_STATE)
             save_checkpoint(self.out, self.step, write, self.cfg.keep_checkpoints)
