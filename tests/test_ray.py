@@ -46,14 +46,20 @@ def test_policy_episodes_on_ray_are_the_local_ones_frame_for_frame(local_ray, me
     policy = VLA0Policy.from_pretrained(metaworld_policy_dir)
     spec = get_env("metaworld").spec("reach-v3", ("corner3",), (32, 32), 6)
     jobs = [EpisodeJob(spec, 10_000 + i, record=True) for i in range(3)]  # 3 episodes in 2 slots
+    assert_same_episodes(jobs, policy, policy, env_actors=2, frames=True)
+
+
+def assert_same_episodes(jobs, driver_policy, ray_side_policy, env_actors: int, frames: bool = False) -> None:
+    """The jobs run by the local pool with driver_policy and by Ray env actors with
+    ray_side_policy: the same slots, outcomes, lengths and actions (and rendered frames)."""
     with EnvPool(0) as pool:
-        local = EpisodeRunner(pool, 2, 4).run(jobs, policy)
-    with RayEnvPool(2) as pool:
-        on_ray = EpisodeRunner(pool, 2, 4).run(jobs, policy)
+        local = EpisodeRunner(pool, 2, 4).run(jobs, driver_policy)
+    with RayEnvPool(env_actors) as pool:
+        on_ray = EpisodeRunner(pool, 2, 4).run(jobs, ray_side_policy)
     for a, b in zip(local, on_ray):
         assert (a.slot, a.success, a.steps) == (b.slot, b.success, b.steps)
         assert np.array_equal(np.stack(a.actions), np.stack(b.actions))
-        for oa, ob in zip(a.observations, b.observations):
+        for oa, ob in zip(a.observations, b.observations) if frames else ():
             assert np.array_equal(oa["observation.images.corner3"], ob["observation.images.corner3"])
 
 
@@ -80,13 +86,7 @@ def test_policy_in_its_own_ray_actor_gives_the_driver_policys_episodes(local_ray
     remote_policy._actor = Spy()
     try:
         assert (remote_policy.name, remote_policy.config) == (local_policy.name, local_policy.config)
-        with EnvPool(0) as pool:
-            local = EpisodeRunner(pool, 2, 4).run(jobs, local_policy)
-        with RayEnvPool(1) as pool:
-            remote = EpisodeRunner(pool, 2, 4).run(jobs, remote_policy)
-        for a, b in zip(local, remote):
-            assert (a.slot, a.success, a.steps) == (b.slot, b.success, b.steps)
-            assert np.array_equal(np.stack(a.actions), np.stack(b.actions))
+        assert_same_episodes(jobs, local_policy, remote_policy, env_actors=1)
         assert remote_policy.malformed_outputs == local_policy.malformed_outputs
         with_frames = ["observation.images.corner3" in keys for keys in sent]
         assert any(with_frames) and not all(with_frames)
