@@ -20,7 +20,7 @@ from tqdm import tqdm
 from vla0.envs.base import get_env
 from vla0.envs.ray_pool import open_pool
 from vla0.envs.runner import EpisodeJob, EpisodeRunner
-from vla0.eval.report import format_table, plot_results, save_rollout_video, wilson_interval
+from vla0.eval.report import format_table, plot_results, save_rollout_video, wilson_interval, write_report
 from vla0.io import write_json_atomic
 
 EVAL_SEED = 10_000
@@ -103,7 +103,7 @@ def evaluate(
     ray: str | None = None,
     **env_options,
 ) -> dict:
-    """Evaluate `policy` on `episodes` seeds per task; writes out/results.json, success.png, videos/.
+    """Evaluate `policy` on `episodes` seeds per task; writes out/results.json, success.png, videos/, report.html.
 
     Resumable: each finished episode is appended to out/episodes.jsonl; a rerun with the same
     settings (out/eval_settings.json: policy and its config, policy_id (the CLI passes the
@@ -210,6 +210,7 @@ def evaluate(
     }
     write_json_atomic(results, out / "results.json")
     plot_results(results, out / "success.png")
+    write_report(results, out)
     if progress:
         print(format_table(results))
     return results

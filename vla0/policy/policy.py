@@ -33,9 +33,10 @@ EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay", "ensemble_we
 
 
 def resolve_policy_dir(path: str | os.PathLike) -> Path:
-    """A policy folder, or a run folder whose final policy or latest checkpoint is used."""
+    """A policy folder, or a run folder whose final policy or latest checkpoint is used; also a
+    LeRobot policy folder of the lerobot_policy_vla0 plugin (its vla0 policy is in vla0/)."""
     p = Path(path)
-    for candidate in (p, p / "policy"):
+    for candidate in (p, p / "policy", p / "vla0", p / "pretrained_model" / "vla0"):
         if (candidate / POLICY_FILE).exists():
             return candidate
     latest = p / "checkpoints" / "latest"
