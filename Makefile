@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export MUJOCO_GL ?= egl
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: quickstart test venv gl browser clean bench test-lerobot ffmpeg
+.PHONY: quickstart test venv gl browser clean bench test-lerobot ffmpeg docs
 
 # torch first, pinned: pip then leaves it alone for everything else. Never torchvision.
 # For the tests: openpi-client without its numpy<2 pin, which its code does not need; ray, the
@@ -75,5 +75,14 @@ ffmpeg:
 test-lerobot: .venv-lerobot/.ready gl ffmpeg
 	$(LEROBOT_PY) -m pytest tests_lerobot
 
+# The manual (mkdocs.yml, docs/) into site/, strict: a broken link or reference fails. The docs
+# tools are pure Python (no torch) and go into .venv, whose vla0 the CLI reference is generated from.
+.venv/.docs-ready: .venv/.ready requirements-docs.txt
+	$(PY) -m pip install -q -c requirements.txt -r requirements-docs.txt
+	touch $@
+
+docs: .venv/.docs-ready
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf .venv .venv-lerobot runs
+	rm -rf .venv .venv-lerobot runs site

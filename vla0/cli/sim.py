@@ -36,7 +36,7 @@ class CollectConfig:
 
 @dataclass
 class EvalConfig:
-    out: str = option(help="folder for results.json, success.png, videos/")
+    out: str = option(help="folder for results.json, success.png, videos/, report.html")
     policy: str | None = option(None, "policy or run folder, or 'random' / 'expert'")
     server: str | None = option(None, "evaluate a policy served by `vla0 serve` (ws://HOST:PORT)")
     api_key: str | None = option(None, "the server's API key")
