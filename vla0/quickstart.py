@@ -9,11 +9,12 @@ an interrupted quickstart resumes.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vla0.io import write_json_atomic, write_text_atomic
+from vla0.io import write_file_atomic, write_json_atomic, write_text_atomic
 from vla0.options import option
 
 ENV = "metaworld"
@@ -90,6 +91,8 @@ def run_quickstart(cfg: QuickstartConfig | None = None) -> dict:
         results[name] = json.loads((folder / "results.json").read_text())
 
     write_json_atomic(results["vla0"], out / "results.json")
+    # vla0's evaluation report, next to its results.json (self-contained, so a copy is complete)
+    write_file_atomic(out / "report.html", lambda tmp: shutil.copyfile(out / "eval" / "vla0" / "report.html", tmp))
     plot_compare(results, out / "success_rates.png")
     table = compare_table(results)
     previous = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
@@ -97,5 +100,6 @@ def run_quickstart(cfg: QuickstartConfig | None = None) -> dict:
     write_json_atomic(previous, out / "timings.json")
     write_text_atomic(out / "summary.md", f"# vla0 quickstart\n\n```\n{table}\n```\n\nphase seconds: {previous}\n")
     print(table)
-    print(f"[quickstart] report in {out}: results.json, success_rates.png, training_loss.png, eval/*/videos")
+    print(f"[quickstart] report in {out}: report.html, results.json, success_rates.png, training_loss.png, "
+          "eval/*/videos")
     return results
