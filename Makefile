@@ -25,7 +25,7 @@ export TOKENIZERS_PARALLELISM ?= false
 	@if $(PY) -c "import torchvision" 2>/dev/null; then echo "torchvision is installed in .venv; remove it (pip uninstall torchvision): it breaks transformers here" >&2; exit 1; fi
 	touch $@
 
-venv: .venv/.ready gl browser
+venv: .venv/.ready gl
 
 # MuJoCo renders offscreen through EGL (Mesa); install the libraries when missing and we may.
 gl:
@@ -43,7 +43,7 @@ browser:
 quickstart: venv
 	.venv/bin/vla0 quickstart --out runs/quickstart
 
-test: venv
+test: venv browser
 	$(PY) -m pytest tests
 
 bench: venv
