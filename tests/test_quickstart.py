@@ -17,7 +17,7 @@ def test_quickstart_writes_the_report_and_resumes(tmp_path, capsys):
     task = report["tasks"]["reach-v3"]
     assert {"episodes", "successes", "success_rate", "ci95", "mean_steps", "malformed_outputs"} <= set(task)
     assert report["policy"] == "vla0" and report["seed"] == cfg.eval_seed
-    for name in ("success_rates.png", "training_loss.png", "timings.json", "summary.md"):
+    for name in ("success_rates.png", "training_loss.png", "timings.json", "summary.md", "report.html"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert list((tmp_path / "eval" / "vla0" / "videos").glob("*.mp4"))
     phases = json.loads((tmp_path / "timings.json").read_text())

@@ -1,4 +1,4 @@
-"""Evaluation outputs: results.json, text tables, bar plots, rollout videos."""
+"""Evaluation outputs: results.json, text tables, bar plots, rollout videos, and report.html (all of it on one page)."""
 from pathlib import Path
 
 import numpy as np
