@@ -56,7 +56,7 @@ def cli_reference() -> str:
             if title not in ("options", "optional arguments"):
                 out.append(f"**{title}**\n")
             out.append("| option | help |\n|---|---|\n" + "".join(
-                f"| {_flag(a)} | {_cell(a.help or '')}{' (required)' if a.required else ''} |\n" for a in actions))
+                f"| {_flag(a)} | {_cell(a.help or '')} |\n" for a in actions))
     return "\n".join(out)
 
 
