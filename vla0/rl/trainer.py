@@ -346,7 +346,8 @@ class RLTrainer:
                "loss_tokens": stats.get("loss_tokens", 0), "lr": stats.get("lr", cfg.lr),
                "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, "weights_seconds": weights_seconds,
                "model_seconds": self.worker.stats["model_seconds"], "env_seconds": self.worker.stats["env_seconds"]}
-        self.worker.stats.update(model_seconds=0.0, env_seconds=0.0)
+        row["episode_retries"] = self.worker.stats.get("episode_retries", 0)  # env worker crashes survived
+        self.worker.stats.update(model_seconds=0.0, env_seconds=0.0, episode_retries=0)
         if not trajs:
             row["skipped_update"] = "no group with mixed outcomes within the attempt cap"
         if cfg.eval_every and self.iteration % cfg.eval_every == 0:
