@@ -304,6 +304,7 @@ def test_multi_task_sampling_fills_each_task_share_and_logs_drops(metaworld_poli
         assert drawer == {**drawer, "groups_tried": 4, "groups_kept": 0, "all_success": 4, "all_failure": 0,
                           "success_rate": 1.0, "episodes": 16, "successes": 16}
         assert row["starved_tasks"] == ["drawer-open-v3"]
+        assert drawer["success_steps_mean"] == 1 and drawer["successes_near_cap"] == 1.0  # the 1-step cap
         assert row["groups_kept"] == 2 and row["update_samples"] > 0
         assert row["rollout_success_by_task"]["drawer-open-v3"] == 1.0
     # every group id is used once, in launch order, across iterations

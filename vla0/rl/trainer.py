@@ -256,8 +256,14 @@ class RLTrainer:
                 st["successes"] += int(sum(rewards))
                 st["env_steps"] += sum(t.length for t in by_group[job.group])
         kept_trajs = [t for ts in kept_groups.values() for t in ts]
-        for st in stats.values():
+        for task, st in stats.items():
             st["success_rate"] = st["successes"] / st["episodes"] if st["episodes"] else None
+            # A rollout cap below what successes take turns them into failures (the reward then
+            # disagrees with evaluation's longer cap): successes ending in the cap's last tenth say so.
+            cap = self.settings.max_episode_steps or get_env(cfg.env).max_episode_steps(task)
+            lengths = [t.length for t in all_trajs if t.task == task and t.success]
+            st["success_steps_mean"] = float(np.mean(lengths)) if lengths else None
+            st["successes_near_cap"] = sum(n > 0.9 * cap for n in lengths) / len(lengths) if lengths else None
         tried = sum(st["groups_tried"] for st in stats.values())
         info = {"rollout_success_rate": float(np.mean([t.reward for t in all_trajs])) if all_trajs else 0.0,
                 "rollout_success_by_task": {t: st["success_rate"] for t, st in stats.items() if st["episodes"]},
@@ -366,6 +372,10 @@ class RLTrainer:
             if len(row.get("by_task", {})) > 1:
                 parts += [f"{t}: {st['groups_kept']}/{st['quota']} kept, success {st['success_rate']:.2f}"
                           for t, st in row["by_task"].items() if st["episodes"]]
+            near = [t for t, st in row.get("by_task", {}).items() if (st.get("successes_near_cap") or 0) > 0.25]
+            if near:
+                parts.append(f"WARNING: over a quarter of the successes of {', '.join(near)} end near the rollout cap; "
+                             "raise --max-episode-steps or the reward counts slow successes as failures")
             if row.get("starved_tasks"):
                 parts.append(f"no mixed group for {', '.join(row['starved_tasks'])}")
             print(f"[rl] iter {row['iteration']}: " + " ".join(parts), flush=True)
