@@ -33,17 +33,16 @@ Time on 2 cores is the budget; "phase_seconds" records how it split.
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
+from libero_rollouts import machine, save_report  # noqa: I001 (bench/, on the path when run as a script)
 from vla0.envs import get_env
 from vla0.envs.collect import collect
 from vla0.eval.baselines import ExpertPolicy, RandomPolicy
 from vla0.eval.evaluate import evaluate
 from vla0.eval.report import compare_table, paired_comparison
-from vla0.io import write_json_atomic
 from vla0.model.tiny import init_model
 from vla0.policy.policy import VLA0Policy
 from vla0.rl.trainer import RLConfig, train_rl
@@ -210,15 +209,10 @@ def main() -> None:
                "learning_curve": str(curve)},
         "table": table,
         "phase_seconds": timings,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_1m_at_start": round(load_start, 2),
-                    "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
+        "machine": machine(load_start),
     }
-    write_json_atomic(report, work / "libero_rl.json")
-    if args.save:
-        write_json_atomic(report, RESULTS / "libero_rl.json")
     print(f"paired SFT -> RL (all tasks): {report['paired']}")
-    print(f"wrote {work / 'libero_rl.json'}" + (f" and {RESULTS / 'libero_rl.json'}" if args.save else ""))
+    save_report(report, work, "libero_rl.json", args.save)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,20 @@ CHUNK = 4
 RESULTS = Path(__file__).parent / "results"
 
 
+def machine(load_start: float) -> dict:
+    """What the numbers ran on; the load average says how shared the two cores were."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average_1m_at_start": round(load_start, 2), "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
+
+
+def save_report(report: dict, work: Path, name: str, save: bool) -> None:
+    """The report in the run folder, and under bench/results when `save`."""
+    write_json_atomic(report, work / name)
+    if save:
+        write_json_atomic(report, RESULTS / name)
+    print(f"wrote {work / name}" + (f" and {RESULTS / name}" if save else ""))
+
+
 def build_policy(folder: Path, size: int) -> Path:
     """The embedded tiny model as a 7-D LIBERO policy reading both cameras at `size` px
     (resized to 56, the quickstart recipe's), H = 4, B = 100; untrained."""
@@ -217,13 +231,9 @@ def main() -> None:
         "cameras": list(CAMERAS), "camera_size": size,
         "profile_one_env_in_process": prof,
         "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_1m_at_start": round(load_start, 2),
-                    "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
+        "machine": machine(load_start),
     }
-    write_json_atomic(report, out / "libero_rollouts.json")
-    if args.save:
-        write_json_atomic(report, RESULTS / "libero_rollouts.json")
+    save_report(report, out, "libero_rollouts.json", args.save)
     for r in rows:
         print(f"{r['episodes_per_minute']:8.2f} episodes/min  {r['fraction_of_floor']:.2f} of floor  {r['row']}")
 
