@@ -433,3 +433,39 @@ def test_eval_temperature_samples_the_distribution_rl_optimises(tiny_policy_dir)
     assert np.array_equal(sampled.predict_action_chunk(obs, env_ids=[0, 1]), first)
     with pytest.raises(ValueError, match="greedy decoding only"):
         VLA0Policy(vlm, PolicyConfig.load(tiny_policy_dir), temperature=1.0, relaxed_k=2)
+
+
+def test_runner_keeps_each_task_on_its_own_slots():
+    """Three tasks' episodes on 6 slots: the first fill gives each task 2 slots, and a slot
+    changes task (an env rebuild: 5-20 s on LIBERO) only when its task has no episode left."""
+    from vla0.envs.base import get_env
+    from vla0.envs.runner import EnvExpert, EpisodeJob, EpisodeRunner
+
+    class CountingPool:
+        def __init__(self):
+            self.spec, self.steps, self.builds = {}, {}, 0
+
+        def reset(self, specs, seeds, ids):
+            for spec, i in zip(specs, ids):
+                self.builds += self.spec.get(i) != spec
+                self.spec[i], self.steps[i] = spec, 0
+            return [{"observation.state": np.zeros(4, np.float32)} for _ in ids]
+
+        def expert_actions(self, ids):
+            return [np.zeros(4, np.float32) for _ in ids]
+
+        def step(self, actions, ids, render=None):
+            out = []
+            for i in ids:
+                self.steps[i] += 1
+                done = self.steps[i] >= 2
+                out.append(({"observation.state": np.zeros(4, np.float32)}, 0.0, done, False, {"success": done}))
+            return out
+
+    family = get_env("metaworld")
+    specs = [family.spec(t) for t in ("reach-v3", "drawer-open-v3", "button-press-topdown-v3")]
+    jobs = [EpisodeJob(spec, seed) for spec in specs for seed in range(8)]  # grouped by task, as the trainer sends them
+    pool = CountingPool()
+    results = EpisodeRunner(pool, batch=6, action_dim=4).run(jobs, EnvExpert())
+    assert all(r.success for r in results)
+    assert pool.builds == 6  # one env per slot, never rebuilt (18 builds when a new env took the first pending job)

@@ -121,7 +121,11 @@ class EpisodeRunner:
             """Start the next jobs in these slots: one pool call, so workers build and reset in parallel."""
             chosen = []
             for slot in slots[:len(pending)]:
-                i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), pending[0])
+                i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), None)
+                if i is None:  # a new env: for the spec that holds the fewest slots, so that with several
+                    # tasks each keeps its share of the slots and slots rebuild only when a task runs out
+                    held = [slot_spec.get(s) for s in range(self.batch) if s != slot]
+                    i = min(pending, key=lambda j: sum(jobs[j].spec == h for h in held))
                 pending.remove(i)
                 slot_spec[slot] = jobs[i].spec
                 policy.reset([slot])
