@@ -43,6 +43,7 @@ from vla0.envs.collect import collect
 from vla0.eval.baselines import ExpertPolicy, RandomPolicy
 from vla0.eval.evaluate import evaluate
 from vla0.eval.report import compare_table, paired_comparison
+from vla0.io import write_json_atomic
 from vla0.model.tiny import init_model
 from vla0.policy.policy import VLA0Policy
 from vla0.rl.trainer import RLConfig, train_rl
@@ -108,13 +109,16 @@ def main() -> None:
         raise SystemExit("give --rl-minutes or --iterations")
     work = Path(args.work)
     size = (args.camera_size, args.camera_size)
-    timings: dict[str, float] = {}
+    # phase timings survive an interrupted bench: a resumed run adds to them
+    timings_file = work / "phase_seconds.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     ev = dict(env=ENV, image_size=size, num_workers=args.workers, batch_envs=args.batch_envs, progress=True, videos=0)
 
     def timed(name, fn):
         t0 = time.perf_counter()
         result = fn()
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 1)
+        write_json_atomic(timings, timings_file)
         return result
 
     load_start = os.getloadavg()[0]
