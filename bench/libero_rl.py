@@ -72,7 +72,8 @@ def main() -> None:
     p.add_argument("--rl-minutes", type=float, default=60.0, help="RL wall-clock budget")
     p.add_argument("--iterations", type=int, default=None, help="RL iterations (with or instead of --rl-minutes)")
     p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--groups-per-batch", type=int, default=6, help="mixed groups per update, shared equally by the tasks")
+    p.add_argument("--groups-per-batch", type=int, default=6,
+                   help="mixed groups per update, shared equally by the tasks")
     p.add_argument("--max-groups-factor", type=float, default=3.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=2e-4)

@@ -108,7 +108,8 @@ def profile(family, task: str, size: int, policy: VLA0Policy, batch: int) -> dic
     for b in (1, batch):
         o = {**{k: v[:b] for k, v in frames.items()}, "task": [obs["task"]] * b}
         policy.reset(None)
-        out[f"policy_call_batch{b}_ms"] = 1000 * mean_time(lambda: policy.predict_action_chunk(o, env_ids=list(range(b))), 3)
+        ids = list(range(b))
+        out[f"policy_call_batch{b}_ms"] = 1000 * mean_time(lambda: policy.predict_action_chunk(o, env_ids=ids), 3)
     with EnvPool(1) as pool:
         pool.reset([family.spec(task)], [0], ids=[0])
         step_ms = 1000 * mean_time(lambda: pool.step([zero], ids=[0], render=[False]), 20)

@@ -44,9 +44,9 @@ class RLConfig:
     env: str = option("metaworld", "registered environment (vla0.envs)")
     # -- GRPO (SimpleVLA-RL defaults) --
     group_size: int = option(8, "rollouts per group (same task, same seed)", group="GRPO")
-    groups_per_batch: int = option(64, "groups with mixed outcomes per update", group="GRPO")
-    max_groups_factor: float = option(4.0, "dynamic sampling gives up after this many x groups-per-batch groups",
-                                      group="GRPO")
+    groups_per_batch: int = option(64, "groups with mixed outcomes per update, an equal share per task", group="GRPO")
+    max_groups_factor: float = option(4.0, "dynamic sampling gives up on a task after this many x its share "
+                                      "of groups", group="GRPO")
     temperature: float = option(1.6, "rollout sampling temperature", group="GRPO")
     lr: float = option(5e-6, group="GRPO")
     warmup_steps: int = option(0, "optimizer steps of linear lr warm-up (0: the recipe's constant lr)", group="GRPO")
