@@ -250,3 +250,26 @@ def test_rl_one_iteration(tiny_model_dir, tmp_path):
     assert [r["iteration"] for r in rows] == [1]
     assert json.loads((tmp_path / "rl" / "rl_config.json").read_text())["eval_seed"] == 0  # LIBERO's trial 0
     assert PolicyConfig.load(exported).action_dim == 7
+
+
+def test_soft_reset_after_other_episodes_equals_a_fresh_hard_reset(family, env):
+    """Our env resets softly (no model reload, vla0/envs/libero.py). After the episodes of the
+    tests above, init state 4 must still give what a fresh LIBERO env with its default hard reset
+    gives: the same frames and states, also along an expert episode's first 30 steps."""
+    from libero.libero.benchmark import get_benchmark_dict
+    raw = raw_libero_env(family._suites()["libero_object"][0])
+    try:
+        raw.reset()
+        raw_obs = raw.set_init_state(get_benchmark_dict()["libero_object"]().get_task_init_states(0)[4])
+        for _ in range(10):
+            raw_obs, *_ = raw.step([0, 0, 0, 0, 0, 0, -1])
+        obs, _ = env.reset(4)
+        for t in range(30):
+            np.testing.assert_allclose(obs["observation.state"], by_hand_state(raw_obs), atol=1e-6, err_msg=f"step {t}")
+            if t in (0, 29):
+                np.testing.assert_array_equal(obs["observation.images.image"], raw_obs["agentview_image"][::-1, ::-1])
+            action = env.expert_action()
+            obs, *_ = env.step(action, render=t == 28)
+            raw_obs, *_ = raw.step(np.r_[action[:6], 1.0 if action[6] > 0 else -1.0])
+    finally:
+        raw.close()

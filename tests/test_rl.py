@@ -13,7 +13,8 @@ from vla0.model.vlm import load_vlm
 from vla0.grammar import START, ActionGrammar
 from vla0.policy.policy import VLA0Policy
 from vla0.prompt import collate
-from vla0.rl.grpo import clipped_surrogate, dynamic_sampling, group_advantages, trajectory_token_weights, is_informative
+from vla0.rl.grpo import (clipped_surrogate, dynamic_sampling, group_advantages, group_outcome, groups_to_launch,
+                          is_informative, task_quotas, trajectory_token_weights)
 from vla0.rl.learner import Learner, executed_token_mask
 from vla0.rl.trainer import RLConfig, RLTrainer
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory
@@ -40,6 +41,22 @@ def test_dynamic_sampling_keeps_mixed_groups():
     assert dynamic_sampling(groups) == ([1, 3], [0, 2, 4])
     assert dynamic_sampling(groups, target=1) == ([1], [0, 2, 3, 4])
     assert not is_informative([1]) and is_informative([0.0, 1.0])
+
+
+def test_task_quotas_and_launch_counts():
+    tasks = ["a", "b", "c"]
+    assert task_quotas(8, tasks) == {"a": 3, "b": 3, "c": 2}
+    assert task_quotas(8, tasks, offset=1) == {"a": 2, "b": 3, "c": 3}  # the short share moves round
+    assert sum(task_quotas(64, tasks, offset=5).values()) == 64
+    assert task_quotas(2, tasks, offset=2) == {"a": 1, "b": 0, "c": 1}
+    with pytest.raises(ValueError):
+        task_quotas(4, [])
+    assert groups_to_launch(4, 0, 0, 16) == 4  # nothing seen yet: the deficit
+    assert groups_to_launch(2, 2, 4, 16) == 4  # half kept so far: twice the deficit
+    assert groups_to_launch(2, 0, 4, 16) == 8  # none kept: the rate is floored at a quarter
+    assert groups_to_launch(3, 1, 14, 16) == 2  # never past the cap
+    assert groups_to_launch(0, 4, 4, 16) == 0 and groups_to_launch(2, 0, 16, 16) == 0
+    assert [group_outcome(r) for r in ([1, 0], [1, 1], [0, 0, 0])] == ["mixed", "all_success", "all_failure"]
 
 
 def test_clipped_loss_by_hand():
@@ -257,6 +274,43 @@ def test_end_to_end_iterations_checkpoint_resume_export(metaworld_policy_dir, tm
     assert [r["iteration"] for r in rows] == [1, 2, 3]
 
 
+class TaskFakePool(FakePool):
+    """FakePool whose drawer-open-v3 episodes always succeed: its groups are never mixed."""
+
+    def step(self, actions, ids, render=None):
+        res = super().step(actions, ids, render)
+        for j, i in enumerate(ids):
+            if self.state[i][0].task == "drawer-open-v3":
+                obs = res[j][0]
+                res[j] = (obs, 0.0, True, False, {"success": True})
+        return res
+
+
+def test_multi_task_sampling_fills_each_task_share_and_logs_drops(metaworld_policy_dir, tmp_path):
+    """Two tasks, 4 mixed groups per batch: reach-v3 (mixed outcomes) fills its own share of 2
+    and no more; drawer-open-v3 (always succeeds) spends its attempt cap, keeps nothing, is
+    logged as starved, and its share is not handed to reach-v3."""
+    out = tmp_path / "two"
+    cfg = _cfg(metaworld_policy_dir, out, tasks=["reach-v3", "drawer-open-v3"], groups_per_batch=4,
+               max_groups_factor=2.0, iterations=2, batch_envs=16, save_every=0)
+    trainer = RLTrainer(cfg, pool=TaskFakePool())
+    trainer.train()
+    rows = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    for row in rows:
+        reach, drawer = row["by_task"]["reach-v3"], row["by_task"]["drawer-open-v3"]
+        assert reach["quota"] == drawer["quota"] == 2
+        assert reach["groups_kept"] == 2 and reach["groups_kept"] + reach["all_success"] + reach["all_failure"] \
+            + reach["surplus"] == reach["groups_tried"]
+        assert drawer == {**drawer, "groups_tried": 4, "groups_kept": 0, "all_success": 4, "all_failure": 0,
+                          "success_rate": 1.0, "episodes": 16, "successes": 16}
+        assert row["starved_tasks"] == ["drawer-open-v3"]
+        assert drawer["success_steps_mean"] == 1 and drawer["successes_near_cap"] == 1.0  # the 1-step cap
+        assert row["groups_kept"] == 2 and row["update_samples"] > 0
+        assert row["rollout_success_by_task"]["drawer-open-v3"] == 1.0
+    # every group id is used once, in launch order, across iterations
+    assert trainer.next_group == sum(r["groups_tried"] for r in rows)
+
+
 def test_held_out_eval_uses_its_own_episode_cap(metaworld_policy_dir, tmp_path, monkeypatch):
     """A short rollout cap (RL time saver) must not shorten the held-out episodes."""
     import vla0.eval.evaluate as ev
@@ -379,3 +433,39 @@ def test_eval_temperature_samples_the_distribution_rl_optimises(tiny_policy_dir)
     assert np.array_equal(sampled.predict_action_chunk(obs, env_ids=[0, 1]), first)
     with pytest.raises(ValueError, match="greedy decoding only"):
         VLA0Policy(vlm, PolicyConfig.load(tiny_policy_dir), temperature=1.0, relaxed_k=2)
+
+
+def test_runner_keeps_each_task_on_its_own_slots():
+    """Three tasks' episodes on 6 slots: the first fill gives each task 2 slots, and a slot
+    changes task (an env rebuild: 5-20 s on LIBERO) only when its task has no episode left."""
+    from vla0.envs.base import get_env
+    from vla0.envs.runner import EnvExpert, EpisodeJob, EpisodeRunner
+
+    class CountingPool:
+        def __init__(self):
+            self.spec, self.steps, self.builds = {}, {}, 0
+
+        def reset(self, specs, seeds, ids):
+            for spec, i in zip(specs, ids):
+                self.builds += self.spec.get(i) != spec
+                self.spec[i], self.steps[i] = spec, 0
+            return [{"observation.state": np.zeros(4, np.float32)} for _ in ids]
+
+        def expert_actions(self, ids):
+            return [np.zeros(4, np.float32) for _ in ids]
+
+        def step(self, actions, ids, render=None):
+            out = []
+            for i in ids:
+                self.steps[i] += 1
+                done = self.steps[i] >= 2
+                out.append(({"observation.state": np.zeros(4, np.float32)}, 0.0, done, False, {"success": done}))
+            return out
+
+    family = get_env("metaworld")
+    specs = [family.spec(t) for t in ("reach-v3", "drawer-open-v3", "button-press-topdown-v3")]
+    jobs = [EpisodeJob(spec, seed) for spec in specs for seed in range(8)]  # grouped by task, as the trainer sends them
+    pool = CountingPool()
+    results = EpisodeRunner(pool, batch=6, action_dim=4).run(jobs, EnvExpert())
+    assert all(r.success for r in results)
+    assert pool.builds == 6  # one env per slot, never rebuilt (18 builds when a new env took the first pending job)

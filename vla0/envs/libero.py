@@ -21,6 +21,10 @@ The published evaluation protocol (VLA-0, openpi, OpenVLA-OFT) is the default, p
 - observation.state = end-effector position (3) + axis-angle of its quaternion (3) + the two
   gripper finger joint positions (2);
 - success = LIBERO's done flag (its goal predicates hold).
+The env is built with robosuite's hard_reset=False: LIBERO's default re-loads the whole MuJoCo
+model from XML at every reset (about 5 s here, more than the physics of a 100-step episode);
+a soft reset (mj_resetData) followed by set_init_state reaches the same state, and the expert's
+episodes from it are identical (tests/test_libero.py; bench/libero_rollouts.py measures it).
 Protocol "lerobot" is LeRobot's LIBERO evaluation: the same, except a 280 cap on libero_spatial
 and 360x360 renders (pass --image-size 360 360). results.json names the protocol it ran.
 
@@ -187,7 +191,8 @@ class LiberoEnv:
         self._env = OffScreenRenderEnv(bddl_file_name=os.path.join(root.get_libero_path("bddl_files"),
                                                                    task.problem_folder, task.bddl_file),
                                        camera_names=[CAMERAS[c] for c in spec.cameras] or ["agentview"],
-                                       camera_heights=h, camera_widths=w, use_camera_obs=bool(spec.cameras))
+                                       camera_heights=h, camera_widths=w, use_camera_obs=bool(spec.cameras),
+                                       hard_reset=False)
         self._render_next = True
         self._raw = None
         self._steps = 0
@@ -198,12 +203,13 @@ class LiberoEnv:
         observations at one of the physics substeps of a step (which one depends on its sampling
         clock), and the protocol's images are those; so rather than rendering ourselves after
         the step, its camera sensors are wrapped to render only when wanted, leaving its clock
-        and thus the frames exactly as LIBERO's. (robosuite rebuilds its observables at every
-        reset, so this is redone there.)"""
+        and thus the frames exactly as LIBERO's. (A hard reset rebuilds the observables, so
+        this is redone at every reset; the wrapped sensor is kept, so wrappers never nest.)"""
         h, w = self.spec.image_size
         for name in self._camera_obs:
             observable = self._env.env._observables[name]
-            real = observable._sensor
+            real = getattr(observable, "_vla0_sensor", None) or observable._sensor
+            observable._vla0_sensor = real
 
             def sensor(cache, real=real, blank=np.zeros((h, w, 3), np.uint8)):
                 return real(cache) if self._render_next else blank

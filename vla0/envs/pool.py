@@ -3,7 +3,11 @@
 Slots are numbered 0..B-1; slot i lives in worker i % num_workers, so a batch
 can be wider than the number of processes (each worker steps its slots in
 turn). A slot keeps its env between episodes and rebuilds it only when the
-EnvSpec changes (building costs about a second). Workers use the "spawn"
+EnvSpec changes (building costs about a second). A worker process that dies
+(a simulator crash: segfault, OOM kill) is started again; the jobs it held
+come back as EnvCrash, and its other slots answer EnvCrash until reset, so
+the caller (vla0.envs.runner) restarts those episodes instead of losing the
+run. An exception inside an env is not a crash: it is raised. Workers use the "spawn"
 context: fork after a GL context exists hangs, and spawn children inherit
 our OMP_NUM_THREADS=1 and MUJOCO_GL. num_workers=0 runs everything
 in-process (tests, debugging).
@@ -47,8 +51,22 @@ class _Slots:
         self.envs.clear()
 
 
-def _worker(conn):
+class EnvCrash:
+    """The result of a job whose env worker process died: the episode in that slot is lost (the
+    worker was restarted with no envs) and must be started again from its seed."""
+
+    def __init__(self, worker: int, exitcode):
+        self.worker, self.exitcode = worker, exitcode
+
+    def __repr__(self):
+        return f"EnvCrash(worker={self.worker}, exitcode={self.exitcode})"
+
+
+def _worker(conn, registry=None):
     os.environ["OMP_NUM_THREADS"] = "1"
+    if registry:  # adapters registered at run time (vla0.envs.base.register) exist here too
+        from vla0.envs import base
+        base._REGISTRY.update(registry)
     try:
         slots = _Slots()
     except Exception:
@@ -78,29 +96,49 @@ class EnvPool:
         ensure_gl()
         self.num_workers = num_workers
         self.specs: dict[int, object] = {}
+        self.restarts = 0  # worker processes started again after dying
+        self._lost: set[int] = set()  # slots whose env died with its worker, until their next reset
         self._local = None
-        self._conns, self._procs = [], []
+        self._conns, self._procs = [None] * num_workers, [None] * num_workers
         if num_workers == 0:
             self._local = _Slots()
             return
+        for w in range(num_workers):
+            self._start(w)
+        for w in range(num_workers):
+            self._recv(w)
+
+    def _start(self, w: int) -> None:
+        from vla0.envs.base import _REGISTRY
         ctx = mp.get_context("spawn")
         old = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # children read it at startup, before numpy loads
         try:
-            for _ in range(num_workers):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(child,), daemon=True)
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, dict(_REGISTRY)), daemon=True)
+            proc.start()
+            child.close()
         finally:
             if old is None:
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
                 os.environ["OMP_NUM_THREADS"] = old
-        for w in range(num_workers):
-            self._recv(w)
+        self._conns[w], self._procs[w] = parent, proc
+
+    def _restart(self, w: int) -> EnvCrash:
+        """Worker w died: start a fresh one (no envs), mark its slots lost."""
+        proc = self._procs[w]
+        proc.join(timeout=5)
+        crash = EnvCrash(w, proc.exitcode)
+        try:
+            self._conns[w].close()
+        except OSError:
+            pass
+        self._start(w)
+        self._recv(w)
+        self.restarts += 1
+        self._lost |= {s for s in self.specs if s % self.num_workers == w}
+        return crash
 
     def _recv(self, w: int):
         try:
@@ -112,17 +150,39 @@ class EnvPool:
         return payload
 
     def _run(self, cmd: str, jobs: list, slot_of) -> list:
-        """Send each worker its share of jobs, gather replies in job order."""
+        """Send each worker its share of jobs, gather replies in job order. A job on a lost slot
+        (other than a reset), or on a worker that dies now, gets an EnvCrash."""
         if self._local is not None:
             return getattr(self._local, cmd)(jobs)
+        out = [None] * len(jobs)
         shares: dict[int, list] = {}
         for i, job in enumerate(jobs):
-            shares.setdefault(slot_of(job) % self.num_workers, []).append((i, job))
+            slot = slot_of(job)
+            if cmd != "reset" and slot in self._lost:
+                out[i] = EnvCrash(slot % self.num_workers, None)
+                continue
+            self._lost.discard(slot)
+            shares.setdefault(slot % self.num_workers, []).append((i, job))
+        sent = {}
         for w, share in shares.items():
-            self._conns[w].send((cmd, [job for _, job in share]))
-        out = [None] * len(jobs)
-        for w, share in shares.items():
-            for (i, _), res in zip(share, self._recv(w)):
+            try:
+                self._conns[w].send((cmd, [job for _, job in share]))
+                sent[w] = share
+            except (BrokenPipeError, OSError):
+                crash = self._restart(w)
+                for i, _ in share:
+                    out[i] = crash
+        for w, share in sent.items():
+            try:
+                status, payload = self._conns[w].recv()
+            except (EOFError, OSError):
+                crash = self._restart(w)
+                for i, _ in share:
+                    out[i] = crash
+                continue
+            if status == "error":
+                raise RuntimeError(f"env worker {w} failed:\n{payload}")
+            for (i, _), res in zip(share, payload):
                 out[i] = res
         return out
 
@@ -155,6 +215,8 @@ class EnvPool:
             self._local.close()
             self._local = None
         for conn, proc in zip(self._conns, self._procs):
+            if conn is None:
+                continue
             try:
                 conn.send(("close", None))
                 conn.recv()

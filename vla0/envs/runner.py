@@ -8,6 +8,10 @@ state for that slot is reset first), so the policy always sees a full batch. A s
 job with its current spec (no env rebuild). Envs render only frames someone reads: the policy
 (its `needs_observation`, when it has one) or a recording (videos, datasets).
 
+An env worker process that dies mid-episode (vla0.envs.pool.EnvCrash) costs that episode, not
+the run: the pool restarts the worker and the episode starts again from its seed in the same
+slot (the policy's state for the slot reset, `on_retry` told), up to `max_retries` times per job.
+
 A policy here is anything with `name`, `needs_images`, `reset(env_ids)` and
 `select_action(obs, env_ids) -> (B, action_dim)`; one whose `acts_in_env` is true is the
 environment's scripted expert (its actions come from the env workers, which hold the state).
@@ -21,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from vla0.config import IMAGE_PREFIX
+from vla0.envs.pool import EnvCrash
 
 
 @dataclass
@@ -68,21 +73,44 @@ def _images(obs: dict) -> dict:
     return {k: v for k, v in obs.items() if k.startswith(IMAGE_PREFIX)}
 
 
+def _crashed(result) -> bool:
+    return isinstance(result, EnvCrash)
+
+
 class EpisodeRunner:
-    def __init__(self, pool, batch: int, action_dim: int | None = None):
-        """pool: an EnvPool (or one with its interface); batch: episodes run in lockstep."""
+    def __init__(self, pool, batch: int, action_dim: int | None = None, max_retries: int = 2):
+        """pool: an EnvPool (or one with its interface); batch: episodes run in lockstep;
+        max_retries: restarts of one episode after env worker crashes before the run fails."""
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.pool = pool
         self.batch = batch
         self.action_dim = action_dim
+        self.max_retries = max_retries
+        self.retries = 0  # episodes started again after a crash, over this runner's life
 
     def run(self, jobs: list[EpisodeJob], policy,
-            on_end: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+            on_end: Callable[[EpisodeResult], None] | None = None,
+            on_retry: Callable[[int, EpisodeJob], None] | None = None) -> list[EpisodeResult]:
         """Every job, results in job order. on_end(result) is called as each episode ends, before
-        its slot starts the next one."""
+        its slot starts the next one; on_retry(slot, job) when an episode is abandoned because its
+        env worker died (it starts again from its seed)."""
         results: list[EpisodeResult | None] = [None] * len(jobs)
         pending = list(range(len(jobs)))
+        tries = [0] * len(jobs)
+
+        def retry(slot: int, i: int, crash) -> None:
+            tries[i] += 1
+            self.retries += 1
+            if tries[i] > self.max_retries:
+                raise RuntimeError(f"episode {jobs[i].spec.task} seed {jobs[i].seed}: its env worker died "
+                                   f"{tries[i]} times ({crash}); giving up")
+            print(f"[runner] env worker died ({crash}); restarting {jobs[i].spec.task} seed {jobs[i].seed} "
+                  f"in slot {slot} (retry {tries[i]} of {self.max_retries})", flush=True)
+            if on_retry is not None:
+                on_retry(slot, jobs[i])
+            slot_spec.pop(slot, None)
+            pending.insert(0, i)
         active: dict[int, list] = {}  # slot -> [job index, obs, steps, recorded obs, recorded actions]
         slot_spec: dict[int, object] = {}
         pool = self.pool
@@ -93,7 +121,11 @@ class EpisodeRunner:
             """Start the next jobs in these slots: one pool call, so workers build and reset in parallel."""
             chosen = []
             for slot in slots[:len(pending)]:
-                i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), pending[0])
+                i = next((i for i in pending if jobs[i].spec == slot_spec.get(slot)), None)
+                if i is None:  # a new env: for the spec that holds the fewest slots, so that with several
+                    # tasks each keeps its share of the slots and slots rebuild only when a task runs out
+                    held = [slot_spec.get(s) for s in range(self.batch) if s != slot]
+                    i = min(pending, key=lambda j: sum(jobs[j].spec == h for h in held))
                 pending.remove(i)
                 slot_spec[slot] = jobs[i].spec
                 policy.reset([slot])
@@ -102,15 +134,29 @@ class EpisodeRunner:
                 return
             obs = pool.reset([jobs[i].spec for _, i in chosen], [jobs[i].seed for _, i in chosen],
                              ids=[slot for slot, _ in chosen])
+            again = []
             for (slot, i), o in zip(chosen, obs):
+                if _crashed(o):
+                    retry(slot, i, o)
+                    again.append(slot)
+                    continue
                 rec = jobs[i].record
                 active[slot] = [i, o, 0, [] if rec else None, [] if rec else None]
+            if again:
+                start(again)
 
         start(list(range(min(self.batch, len(jobs)))))
         while active:
             ids = sorted(active)
             if expert:
-                actions = np.asarray(pool.expert_actions(ids), np.float32)
+                actions = pool.expert_actions(ids)
+                lost = [(s, a) for s, a in zip(ids, actions) if _crashed(a)]
+                for s, a in lost:
+                    retry(s, active.pop(s)[0], a)
+                if lost:
+                    start([s for s, _ in lost])
+                    continue
+                actions = np.asarray(actions, np.float32)
             else:
                 actions = np.asarray(policy.select_action(batch_obs([active[s][1] for s in ids]), ids), np.float32)
             want = self.action_dim or actions.shape[-1]
@@ -121,7 +167,12 @@ class EpisodeRunner:
             render = [w or active[s][3] is not None for s, w in zip(ids, wanted)]  # recordings see every frame
             out = pool.step(list(actions), ids=ids, render=render)
             ended = []
-            for slot, action, r, (next_obs, _, term, trunc, info) in zip(ids, actions, render, out):
+            for slot, action, r, result in zip(ids, actions, render, out):
+                if _crashed(result):
+                    retry(slot, active.pop(slot)[0], result)
+                    ended.append(slot)
+                    continue
+                next_obs, _, term, trunc, info = result
                 ep = active[slot]
                 if ep[3] is not None:
                     ep[3].append(ep[1])

@@ -6,6 +6,7 @@ Pure functions on plain numbers and tensors, so each can be checked by hand (tes
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -50,6 +51,36 @@ def dynamic_sampling(groups: dict, target: int | None = None) -> tuple[list, lis
         else:
             dropped.append(gid)
     return kept, dropped
+
+
+def group_outcome(rewards) -> str:
+    """What dynamic sampling does with a group: "mixed" (kept), or dropped as "all_success" /
+    "all_failure" (every advantage would be 0)."""
+    if is_informative(rewards):
+        return "mixed"
+    return "all_success" if float(np.max(rewards)) > 0 else "all_failure"
+
+
+def task_quotas(groups_per_batch: int, tasks: list, offset: int = 0) -> dict:
+    """Mixed groups each task contributes to a batch: an equal share, the remainder going to
+    the tasks after `offset` in turn (the trainer passes its iteration, so no task is always
+    short). Filling a batch with whichever groups turn out mixed first lets the task nearest 50%
+    crowd out the others; fixed shares give every task the same weight in every update."""
+    if not tasks:
+        raise ValueError("task_quotas: no tasks")
+    base, extra = divmod(groups_per_batch, len(tasks))
+    n = len(tasks)
+    return {t: base + (1 if (i - offset) % n < extra else 0) for i, t in enumerate(tasks)}
+
+
+def groups_to_launch(deficit: int, kept: int, tried: int, cap: int) -> int:
+    """Groups to start for a task short of `deficit` mixed groups: enough to fill it at the kept
+    rate seen so far (at least a quarter, so one unlucky round does not launch the whole cap),
+    never beyond the task's attempt cap."""
+    if deficit <= 0 or tried >= cap:
+        return 0
+    rate = kept / tried if tried else 1.0
+    return min(cap - tried, max(deficit, math.ceil(deficit / max(rate, 0.25))))
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,

@@ -113,7 +113,7 @@ class RolloutWorker:
         self._own_pool = pool is None
         self._num_workers = num_workers
         self._steps: dict[int, list[Step]] = {}  # slot -> the running episode's policy calls
-        self.stats = {"policy_calls": 0, "model_seconds": 0.0, "env_seconds": 0.0}
+        self.stats = {"policy_calls": 0, "model_seconds": 0.0, "env_seconds": 0.0, "episode_retries": 0}
 
     @classmethod
     def from_policy(cls, path, settings: RolloutSettings, lora: dict | None = None, pool=None, num_workers: int = 2,
@@ -176,8 +176,13 @@ class RolloutWorker:
 
         runner = EpisodeRunner(_TimedPool(self.pool, self.stats), s.batch_envs, self.family.action_dim)
         self._steps.clear()
-        runner.run(episodes, _Timed(self.policy, self.stats), on_end=on_end)
+        runner.run(episodes, _Timed(self.policy, self.stats), on_end=on_end, on_retry=self._forget)
+        self.stats["episode_retries"] += runner.retries
         return trajectories  # type: ignore[return-value]
+
+    def _forget(self, slot: int, _job) -> None:
+        """The episode in `slot` lost its env (worker crash) and starts again: drop its calls."""
+        self._steps.pop(slot, None)
 
     def _record(self, slot: int, frames, task: str, tokens: list[int], logprobs: list[float]) -> None:
         frames = [np.array(f, dtype=np.uint8) for f in frames]

@@ -1,8 +1,9 @@
 """The RL loop behind `vla0 rl`: RLConfig, RLTrainer, train_rl.
 
-Each iteration: send weights to the rollout worker, collect groups with dynamic sampling (launch
-groups of n rollouts from fresh seeds, keep those with mixed outcomes, repeat until the batch is
-full or the attempt cap is hit), compute group advantages, update the learner, log one JSONL
+Each iteration: send weights to the rollout worker, collect groups with dynamic sampling per task
+(launch groups of n rollouts from fresh seeds, keep those with mixed outcomes, repeat until every
+task's equal share of the batch is full or its attempt cap is hit), compute group advantages,
+update the learner, log one JSONL
 row, maybe evaluate on held-out seeds, maybe checkpoint (atomic, resumable); at the end export
 OUT/policy, a policy folder like the supervised trainer's.
 """
@@ -26,7 +27,7 @@ from vla0.io import save_folder_atomic, write_text_atomic
 from vla0.options import option
 from vla0.processor import ActionProcessor
 from vla0.rl.curves import plot_rl_curve
-from vla0.rl.grpo import dynamic_sampling, group_advantages
+from vla0.rl.grpo import group_advantages, group_outcome, groups_to_launch, task_quotas
 from vla0.rl.learner import LOSS_AGGREGATIONS, Learner
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory
 from vla0.train.checkpoint import TRAINER_STATE, drop_log_after, latest_checkpoint, save_checkpoint
@@ -43,9 +44,9 @@ class RLConfig:
     env: str = option("metaworld", "registered environment (vla0.envs)")
     # -- GRPO (SimpleVLA-RL defaults) --
     group_size: int = option(8, "rollouts per group (same task, same seed)", group="GRPO")
-    groups_per_batch: int = option(64, "groups with mixed outcomes per update", group="GRPO")
-    max_groups_factor: float = option(4.0, "dynamic sampling gives up after this many x groups-per-batch groups",
-                                      group="GRPO")
+    groups_per_batch: int = option(64, "groups with mixed outcomes per update, an equal share per task", group="GRPO")
+    max_groups_factor: float = option(4.0, "dynamic sampling gives up on a task after this many x its share "
+                                      "of groups", group="GRPO")
     temperature: float = option(1.6, "rollout sampling temperature", group="GRPO")
     lr: float = option(5e-6, group="GRPO")
     warmup_steps: int = option(0, "optimizer steps of linear lr warm-up (0: the recipe's constant lr)", group="GRPO")
@@ -212,45 +213,67 @@ class RLTrainer:
 
     # -- rollouts with dynamic sampling ---------------------------------------------------------
     def collect(self) -> tuple[list[Trajectory], dict]:
+        """Dynamic sampling per task: each task fills its own quota of mixed groups (task_quotas),
+        launching groups from fresh seeds until it does or its attempt cap (quota x
+        --max-groups-factor) is spent. A task that stays short (its groups all succeed or all
+        fail) leaves its share empty rather than handing it to another task; every drop is
+        counted per task in the log row."""
         cfg = self.cfg
-        cap = math.ceil(cfg.groups_per_batch * cfg.max_groups_factor)
+        quotas = task_quotas(cfg.groups_per_batch, cfg.tasks, offset=self.iteration)
+        caps = {t: math.ceil(q * cfg.max_groups_factor) for t, q in quotas.items()}
+        stats = {t: {"quota": q, "groups_tried": 0, "groups_kept": 0, "all_success": 0, "all_failure": 0,
+                     "surplus": 0, "episodes": 0, "successes": 0, "env_steps": 0} for t, q in quotas.items()}
         kept_groups: dict[int, list[Trajectory]] = {}
-        tried, rounds, all_trajs = 0, 0, []
-        kept_rate = 1.0
+        rounds, all_trajs = 0, []
         gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + self.iteration)
-        while len(kept_groups) < cfg.groups_per_batch and tried < cap:
-            deficit = cfg.groups_per_batch - len(kept_groups)
-            # launch enough groups to fill the deficit at the kept rate seen so far (fills env slots too)
-            launch = min(cap - tried, max(deficit, math.ceil(deficit / max(kept_rate, 0.25))))
+        while True:
             jobs = []
-            for _ in range(launch):
-                g = self.next_group
-                self.next_group += 1
-                jobs.append(RolloutJob(g, cfg.tasks[g % len(cfg.tasks)], cfg.rollout_seed + g, cfg.group_size))
+            for task in cfg.tasks:  # one worker call for all tasks: the env slots stay full
+                st = stats[task]
+                for _ in range(groups_to_launch(st["quota"] - st["groups_kept"], st["groups_kept"],
+                                                st["groups_tried"], caps[task])):
+                    g = self.next_group
+                    self.next_group += 1
+                    jobs.append(RolloutJob(g, task, cfg.rollout_seed + g, cfg.group_size))
+                    st["groups_tried"] += 1
+            if not jobs:
+                break
             trajs = self.worker.run(jobs, gen)
             all_trajs += trajs
-            tried += launch
             rounds += 1
             by_group: dict[int, list[Trajectory]] = {}
             for t in trajs:
                 by_group.setdefault(t.group, []).append(t)
-            kept, _ = dynamic_sampling({g: [t.reward for t in ts] for g, ts in by_group.items()},
-                                       target=cfg.groups_per_batch - len(kept_groups))
-            for g in kept:
-                kept_groups[g] = by_group[g]
-            kept_rate = max(len(kept_groups), 1e-9) / tried if kept_groups else 0.0
+            for job in jobs:
+                st, rewards = stats[job.task], [t.reward for t in by_group[job.group]]
+                outcome = group_outcome(rewards)
+                if outcome == "mixed" and st["groups_kept"] < st["quota"]:
+                    kept_groups[job.group] = by_group[job.group]
+                    st["groups_kept"] += 1
+                else:
+                    st["surplus" if outcome == "mixed" else outcome] += 1
+                st["episodes"] += len(rewards)
+                st["successes"] += int(sum(rewards))
+                st["env_steps"] += sum(t.length for t in by_group[job.group])
         kept_trajs = [t for ts in kept_groups.values() for t in ts]
-        per_task = {}
-        for task in cfg.tasks:
-            rs = [t.reward for t in all_trajs if t.task == task]
-            if rs:
-                per_task[task] = float(np.mean(rs))
+        for task, st in stats.items():
+            st["success_rate"] = st["successes"] / st["episodes"] if st["episodes"] else None
+            # A rollout cap below what successes take turns them into failures (the reward then
+            # disagrees with evaluation's longer cap): successes ending in the cap's last tenth say so.
+            cap = self.settings.max_episode_steps or get_env(cfg.env).max_episode_steps(task)
+            lengths = [t.length for t in all_trajs if t.task == task and t.success]
+            st["success_steps_mean"] = float(np.mean(lengths)) if lengths else None
+            st["successes_near_cap"] = sum(n > 0.9 * cap for n in lengths) / len(lengths) if lengths else None
+        tried = sum(st["groups_tried"] for st in stats.values())
         info = {"rollout_success_rate": float(np.mean([t.reward for t in all_trajs])) if all_trajs else 0.0,
-                "rollout_success_by_task": per_task,
+                "rollout_success_by_task": {t: st["success_rate"] for t, st in stats.items() if st["episodes"]},
                 "groups_tried": tried, "groups_kept": len(kept_groups),
                 "kept_fraction": len(kept_groups) / tried if tried else 0.0, "sampling_rounds": rounds,
                 "episodes": len(all_trajs), "env_steps": int(sum(t.length for t in all_trajs)),
-                "policy_calls": int(sum(len(t.steps) for t in all_trajs))}
+                "policy_calls": int(sum(len(t.steps) for t in all_trajs)),
+                "by_task": stats,
+                # tasks that got no mixed group within their cap: no gradient for them this iteration
+                "starved_tasks": [t for t, st in stats.items() if st["groups_kept"] == 0]}
         return kept_trajs, info
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -329,7 +352,8 @@ class RLTrainer:
                "loss_tokens": stats.get("loss_tokens", 0), "lr": stats.get("lr", cfg.lr),
                "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, "weights_seconds": weights_seconds,
                "model_seconds": self.worker.stats["model_seconds"], "env_seconds": self.worker.stats["env_seconds"]}
-        self.worker.stats.update(model_seconds=0.0, env_seconds=0.0)
+        row["episode_retries"] = self.worker.stats.get("episode_retries", 0)  # env worker crashes survived
+        self.worker.stats.update(model_seconds=0.0, env_seconds=0.0, episode_retries=0)
         if not trajs:
             row["skipped_update"] = "no group with mixed outcomes within the attempt cap"
         if cfg.eval_every and self.iteration % cfg.eval_every == 0:
@@ -345,6 +369,15 @@ class RLTrainer:
             keys = ("rollout_success_rate", "kept_fraction", "mean_abs_advantage", "clip_fraction", "entropy",
                     "approx_kl", "rollout_seconds", "update_seconds", "eval_success_rate")
             parts = [f"{k}={row[k]:.3g}" for k in keys if isinstance(row.get(k), (int, float))]
+            if len(row.get("by_task", {})) > 1:
+                parts += [f"{t}: {st['groups_kept']}/{st['quota']} kept, success {st['success_rate']:.2f}"
+                          for t, st in row["by_task"].items() if st["episodes"]]
+            near = [t for t, st in row.get("by_task", {}).items() if (st.get("successes_near_cap") or 0) > 0.25]
+            if near:
+                parts.append(f"WARNING: over a quarter of the successes of {', '.join(near)} end near the rollout cap; "
+                             "raise --max-episode-steps or the reward counts slow successes as failures")
+            if row.get("starved_tasks"):
+                parts.append(f"no mixed group for {', '.join(row['starved_tasks'])}")
             print(f"[rl] iter {row['iteration']}: " + " ".join(parts), flush=True)
 
     # -- saving ---------------------------------------------------------------------------------
