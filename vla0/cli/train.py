@@ -1,4 +1,4 @@
-"""`vla0 init-model`, `vla0 train`, `vla0 predict`."""
+"""`vla0 init-model`, `vla0 train`, `vla0 predict`, `vla0 import-vla0`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ def cmd_predict(args) -> None:
     print(f"mean abs error: {np.abs(chunk - truth).mean():.4f}")
 
 
+def cmd_import_vla0(args) -> None:
+    from vla0.official import import_run
+    out = import_run(args.run_dir, args.out, processor=args.processor, trust_pickle=args.trust_pickle)
+    print(f"imported {args.run_dir} as the vla0 policy {out}")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from vla0.model.tiny import PRESETS
     from vla0.train.recipes import RECIPES
@@ -68,3 +74,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--frame", type=int, default=0)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("import-vla0", help="turn a run folder of VLA-0's released code (NVlabs/vla0: model_last/, "
+                                           "model_last.pth, dataset_stats.pkl, config.yaml) into a vla0 policy")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="policy folder to write (must not exist)")
+    p.add_argument("--processor", default=None, help="tokenizer and image processor: a folder or hub id (default: "
+                                                     "model_last/ when it holds them, else the run's base model)")
+    p.add_argument("--trust-pickle", action="store_true", help="unpickle dataset_stats.pkl even if it holds types "
+                                                               "other than plain data (runs the code it names)")
+    p.set_defaults(func=cmd_import_vla0)
