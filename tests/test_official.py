@@ -146,3 +146,55 @@ def test_stats_pickle_admits_plain_data_only(tmp_path):
 def test_released_defaults_without_yaml(tiny_model_dir, tmp_path):
     run = read_run(write_official_run(tmp_path / "r", tiny_model_dir, with_yaml=False))
     assert run.settings == RELEASED and set(run.sources.values()) == {"released default"}
+
+
+# -- evaluation as the official harness runs it --------------------------------------------------
+class _CountingEnv:
+    """Stands in for LIBERO's env: counts seeds and resets, the draws that move its RNG."""
+
+    def __init__(self):
+        self.calls = []
+
+    def seed(self, s):
+        self.calls.append(("seed", s))
+
+    def reset(self):
+        self.calls.append("reset")
+
+
+def _rng_position(calls: list) -> int:
+    """Resets since the last seed(7): where the env's RNG is."""
+    last = max(i for i, c in enumerate(calls) if c == ("seed", 7))
+    return sum(c == "reset" for c in calls[last:])
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [1, 3, 0, 2], [2, 2]])
+def test_libero_seeds_once_per_task_whatever_the_trial_order(order):
+    from vla0.envs.libero import PROTOCOLS, LiberoEnv
+    env = LiberoEnv.__new__(LiberoEnv)
+    env.protocol, env._next_trial, env._env = PROTOCOLS["published"], None, _CountingEnv()
+    for trial in order:  # as the official harness: seed(7) once, then trial i's reset is reset number i + 1
+        env._seed_for(trial, "official")
+        env._env.reset()
+        assert _rng_position(env._env.calls) == trial + 1
+    in_order = LiberoEnv.__new__(LiberoEnv)
+    in_order.protocol, in_order._next_trial, in_order._env = PROTOCOLS["published"], None, _CountingEnv()
+    for trial in range(4):
+        in_order._seed_for(trial, "official")
+        in_order._env.reset()
+    assert in_order._env.calls.count(("seed", 7)) == 1 and in_order._env.calls.count("reset") == 4
+    env._seed_for(5, "perturbed")  # training layouts reseed at every reset
+    assert env._env.calls[-1] == ("seed", 7)
+
+
+def test_eval_device_dtype_and_protocol_defaults(metaworld_policy_dir, tmp_path, capsys):
+    from vla0.envs import get_env
+    assert get_env("libero").eval_episodes == 50 and get_env("metaworld").eval_episodes == 20
+    base = ["eval", "--policy", str(metaworld_policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+            "--max-episode-steps", "2", "--videos", "0", "--workers", "1", "--no-progress"]
+    assert main([*base, "--device", "cuda", "--out", str(tmp_path / "c")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert main([*base, "--dtype", "bfloat16", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert (results["device"], results["dtype"]) == ("cpu", "bfloat16")
+    assert "protocol" in results

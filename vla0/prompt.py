@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vla0.config import PolicyConfig
-from vla0.images import arrange, color_jitter, crop_resize
+from vla0.images import apply_jitter, arrange, crop_resize, jitter_draw
 
 IGNORE = -100
 SYSTEM_PROMPT = (
@@ -87,11 +87,13 @@ class PromptEncoder:
     # -- images -------------------------------------------------------------------------------
     def images(self, frames: list[np.ndarray], rng: np.random.Generator | None,
                jitter: dict | None = None) -> list[np.ndarray]:
-        """Crop (random with rng, else centred) and resize each camera; jitter colours in training."""
+        """Crop (random with rng, else centred) and resize each camera; jitter colours in training,
+        one draw per sample for all its cameras (as VLA-0's ColorJitter over the stacked cameras)."""
         size = tuple(self.config.image_size) if self.config.image_size else None
         images = [crop_resize(f, size, self.config.crop_fraction, rng) for f in frames]
         if jitter and rng is not None:
-            images = [color_jitter(im, rng, **jitter) for im in images]
+            draw = jitter_draw(rng, **jitter)
+            images = [apply_jitter(im, draw) for im in images]
         return arrange(images, self.config.image_layout)
 
     def pixels(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,11 +14,21 @@ def cmd_init_model(args) -> None:
     print(f"wrote {args.preset} model to {out}")
 
 
-def cmd_train(args) -> None:
+def train_config(args):
+    """The run's TrainConfig: the dataclass defaults, then the --recipe's values, then the flags given
+    (a training length given as --steps replaces a recipe's --epochs, and the other way round)."""
     from vla0.train.recipes import recipe
-    from vla0.train.trainer import TrainConfig, train
+    from vla0.train.trainer import TrainConfig
     base = recipe(args.recipe) if args.recipe else {}
-    print(f"policy written to {train(build(TrainConfig, args, base))}")
+    for given, other in (("steps", "epochs"), ("epochs", "steps")):
+        if given in vars(args):
+            base.pop(other, None)
+    return build(TrainConfig, args, base)
+
+
+def cmd_train(args) -> None:
+    from vla0.train.trainer import train
+    print(f"policy written to {train(train_config(args))}")
 
 
 def cmd_predict(args) -> None:
