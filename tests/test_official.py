@@ -19,7 +19,7 @@ import torch
 
 from vla0.cli import main
 from vla0.config import PolicyConfig
-from vla0.official import RELEASED, UnsafePickle, import_run, load_plain_pickle, read_run
+from vla0.model.official import RELEASED, UnsafePickle, import_run, load_plain_pickle, read_run
 from vla0.processor import ActionProcessor
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "vla0_official_golden.json").read_text())

@@ -56,7 +56,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_import_vla0(args) -> None:
-    from vla0.official import import_run
+    from vla0.model.official import import_run
     out = import_run(args.run_dir, args.out, processor=args.processor, trust_pickle=args.trust_pickle)
     print(f"imported {args.run_dir} as the vla0 policy {out}")
 

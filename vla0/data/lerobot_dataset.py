@@ -236,6 +236,18 @@ def camera_keys(root: Path, info: dict, cameras: list[str] | None) -> list[str]:
     return keys
 
 
+def dataset_cameras(info: dict) -> list[str]:
+    """The names of a dataset's cameras (features of dtype image or video, without observation.images.)."""
+    return [camera_name(k) for k, f in info["features"].items() if f.get("dtype") in CAMERA_DTYPES]
+
+
+def camera_shapes(info: dict, cameras: list[str]) -> dict[str, list[int]]:
+    """(h, w) each named camera is recorded at (features stored as (h, w, 3) or (3, h, w))."""
+    keys = {camera_name(k): k for k in info["features"]}
+    shapes = {c: info["features"][keys[c]]["shape"] for c in cameras}
+    return {c: list(s[:2] if s[2] == 3 else s[1:]) for c, s in shapes.items()}
+
+
 def decode_all(loc: FrameLocator, key: str) -> np.ndarray:
     """Every frame of one camera, decoded into one (N, h, w, 3) array: each video file once, in order."""
     n = len(loc.png) if loc.png is not None else len(loc.time)

@@ -29,7 +29,8 @@ from vla0.bins import NUM_BINS
 from vla0.config import ACTION_FORMATS, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
 from vla0.data.hub import resolve_dataset
-from vla0.data.lerobot_dataset import CAMERA_DTYPES, camera_name, load_lerobot, state_key_of, validate_lerobot
+from vla0.data.lerobot_dataset import camera_name, camera_shapes, dataset_cameras, load_lerobot, state_key_of
+from vla0.data.lerobot_dataset import validate_lerobot
 from vla0.data.streaming import FrameSource, build_frame_cache, check_videos
 from vla0.images import JITTER_KEYS
 from vla0.io import save_folder_atomic
@@ -150,18 +151,6 @@ class TrainConfig:
                            "train_log.jsonl is always written", choices=TRACKERS, group="run")
 
 
-def dataset_cameras(info: dict) -> list[str]:
-    """The names of a dataset's cameras (features of dtype image or video, without observation.images.)."""
-    return [camera_name(k) for k, f in info["features"].items() if f.get("dtype") in CAMERA_DTYPES]
-
-
-def camera_shapes(info: dict, cameras: list[str]) -> dict[str, list[int]]:
-    """(h, w) each named camera is recorded at (features stored as (h, w, 3) or (3, h, w))."""
-    keys = {camera_name(k): k for k in info["features"]}
-    shapes = {c: info["features"][keys[c]]["shape"] for c in cameras}
-    return {c: list(s[:2] if s[2] == 3 else s[1:]) for c, s in shapes.items()}
-
-
 def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
     """Every user mistake we can see before loading anything; returns the dataset's folder (a hub
     id resolved through the hub cache) and its info.json."""
@@ -206,7 +195,7 @@ def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
         raise ValueError(f"camera(s) {unknown} not in dataset {cfg.dataset}; it has {cameras}")
     if not cameras:
         raise ValueError(f"dataset {cfg.dataset} has no camera features (dtype image or video)")
-    heights = {c: shape[0] for c, shape in camera_shapes(info, [camera_name(c) for c in cfg.cameras or cameras]).items()}
+    heights = {c: hw[0] for c, hw in camera_shapes(info, [camera_name(c) for c in cfg.cameras or cameras]).items()}
     if cfg.image_layout == "tile" and not cfg.image_size and len(set(heights.values())) > 1:
         raise ValueError(f"cameras of different heights {heights} cannot be tiled as recorded: give --image-size "
                          "(each camera is resized to it) or --image-layout separate")
@@ -269,10 +258,9 @@ class Trainer:
                 text_example, self.processor, mask_max_frac=cfg.mask_max_frac, p_no_mask=cfg.mask_p_none,
                 jitter=jitter), cfg.seed)
             self.collate = partial(collate, pad_id=self.processor.pad_id, padding_side="right")
-        params = [p for p in model.parameters() if p.requires_grad]
         world = self.acc.num_processes
         self.lr = cfg.lr * (world if cfg.scale_lr_with_gpus else 1)
-        optimizer = make_optimizer(params, cfg, self.lr)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, self.lr)
         self.global_batch = cfg.batch_size * world
         self.batches_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
