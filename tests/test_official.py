@@ -117,6 +117,10 @@ def test_import_cli_and_bad_folders(official_run, tiny_model_dir, tmp_path, caps
     assert main(["import-vla0", str(official_run), str(tmp_path / "p")]) == 2  # never overwrites
     assert "already exists" in capsys.readouterr().err
 
+    bare = write_official_run(tmp_path / "bare", tiny_model_dir, processor=False)  # weights only
+    assert main(["import-vla0", str(bare), str(tmp_path / "q"), "--processor", str(tiny_model_dir)]) == 0
+    assert PolicyConfig.load(tmp_path / "q").training["official"]["processor"] == str(tiny_model_dir)
+
     broken = write_official_run(tmp_path / "nostats", tiny_model_dir)
     (broken / "dataset_stats.pkl").unlink()
     with pytest.raises(FileNotFoundError, match="missing dataset_stats.pkl"):

@@ -124,8 +124,9 @@ def load_eval_policy(cfg: EvalConfig, family):
         if not family.has_expert:
             raise ValueError(f"{family.name} has no scripted expert")
         return ExpertPolicy(), None
-    from vla0.policy.policy import VLA0Policy
     import torch
+
+    from vla0.policy.policy import VLA0Policy
     options = dict(ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps, temperature=cfg.temperature,
                    dtype=getattr(torch, cfg.dtype),
                    fast_decode=cfg.decoder == "fast", relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
