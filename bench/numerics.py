@@ -100,7 +100,8 @@ def main() -> None:
                 print(json.dumps(runs[-1]))
     result = {"bench": "numerics", "model": "embedded tiny Qwen2.5-VL (random init)",
               "recipe": "vla0-libero", "dataset": "synthetic, 8 episodes x 16 steps, 2 cameras", "size": args.size,
-              "batch_size": 8, "runs": runs, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+              "batch_size": 8, "runs": runs, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(),
               "command": "python bench/numerics.py" + (f" --steps {args.steps}" if args.steps != 200 else "")
                          + (" --smoke" if args.smoke else "")}

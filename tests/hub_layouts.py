@@ -47,7 +47,8 @@ def _image_stats(frames: np.ndarray) -> dict:
     return per_channel
 
 
-def write_pi_libero(root: Path, episodes: int = 2, steps: int = 6, size: int = 32, wrist_size: int | None = None) -> Path:
+def write_pi_libero(root: Path, episodes: int = 2, steps: int = 6, size: int = 32,
+                    wrist_size: int | None = None) -> Path:
     """physical-intelligence/libero's layout (LeRobot v2.0, images in parquet)."""
     root = Path(root)
     wrist_size = wrist_size or size

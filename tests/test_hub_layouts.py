@@ -88,6 +88,7 @@ def test_official_numerics_bf16_weights_and_adamw_state_no_clipping(hf_libero, t
     params = dict(trainer.model.named_parameters())
     assert {p.dtype for p in params.values()} == {torch.bfloat16}  # no fp32 copy of the weights
     states = [s for s in trainer.optimizer.state.values() if s]
-    assert states and {s["exp_avg"].dtype for s in states} == {s["exp_avg_sq"].dtype for s in states} == {torch.bfloat16}
+    moments = {s[k].dtype for s in states for k in ("exp_avg", "exp_avg_sq")}
+    assert states and moments == {torch.bfloat16}
     assert trainer.lr == 1e-2  # one process: --scale-lr-with-gpus multiplies by 1
     assert any(not torch.equal(before[n], p) for n, p in params.items())  # and it trained

@@ -49,7 +49,8 @@ def write_official_run(folder: Path, model_dir: Path, dim: int = 7, stats=None, 
         pickle.dump(stats, f)
     if with_yaml:
         (folder / "config.yaml").write_text(
-            "DATALOADER:\n  ROBOVERSE:\n    cfg_opts: IMAGE.crop_img:0.875:IMAGE.img_size:224:IMAGE.cam_list:('3p1','3p2')\n"
+            "DATALOADER:\n  ROBOVERSE:\n"
+            "    cfg_opts: IMAGE.crop_img:0.875:IMAGE.img_size:224:IMAGE.cam_list:('3p1','3p2')\n"
             "MODEL:\n  QWEN:\n    add_vision_id: true\n    horizon: 8\n    num_bins_actions: 1000\n"
             f"    original_action_dim: {dim}\n    num_cam: 2\n    tiled_rgb_imgs: true\n    rgb_img_size: 224,224\n"
             "    qwen_model_id: Qwen/Qwen2.5-VL-3B-Instruct\n")

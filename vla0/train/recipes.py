@@ -32,7 +32,8 @@ QUICKSTART = dict(
 #   vision_id True .......... configs/vla0.yaml:26 (add_vision_id)
 #   color_jitter 0.2/0.2/0.2/0.05, one draw per sample for both cameras
 #                             libs/RoboVerse/roboverse/configs/img_libero_aug.yaml:14-17,
-#                             libs/RoboVerse/roboverse/unifiers/image_unifier.py:128 (ColorJitter on the stacked cameras)
+#                             libs/RoboVerse/roboverse/unifiers/image_unifier.py:128 (one ColorJitter call on
+#                             the stacked cameras)
 #   lr 5e-6 ................. configs/vla0.yaml:9; scale_lr_with_gpus: rv_train/train.py:304 (lr * num_gpus)
 #   weight_decay 1e-10 ...... configs/vla0.yaml:12 (TRAIN.l2, AdamW: vla0.yaml:6)
 #   schedule constant ....... configs/vla0.yaml:4 (LR_SCHED: "none")
