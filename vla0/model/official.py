@@ -27,7 +27,7 @@ import io
 import os
 import pickle
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +110,6 @@ class OfficialRun:
     action_max: list[float]
     epoch: int | None
     processor_in_weights: bool
-    extra: dict = field(default_factory=dict)
 
 
 def _yaml_settings(path: Path) -> dict:
