@@ -204,7 +204,7 @@ def test_policy_mismatch_and_missing_libero_fail_before_any_env(tmp_path, monkey
             pass
     with pytest.raises(ValueError, match="writes 4-dimensional actions; libero takes 7"):
         ev.evaluate(FourDim(), [TASK], 1, out=tmp_path, env="libero")
-    with pytest.raises(ValueError, match=r"unknown libero camera\(s\) \['front'\]; valid: image, image2"):
+    with pytest.raises(ValueError, match=r"unknown libero camera\(s\) \['front'\]; valid: image, image2, wrist_image"):
         ev.evaluate(ExpertLike(), [TASK], 1, out=tmp_path, env="libero", cameras=("front",))
     # the CLI: a policy recorded with cameras front/wrist and 4-dim actions
     assert main(["eval", "--env", "libero", "--suite", "libero_object", "--tasks", "0", "--trials", "2",

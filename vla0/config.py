@@ -38,6 +38,7 @@ class PolicyConfig:
     image_size: list[int] | None = None  # (h, w) each camera is resized to; None keeps the input size
     crop_fraction: float = 0.875  # random crop in training, centre crop at inference (VLA-0)
     mask_char: str = "_"  # masked action augmentation replaces action characters with this
+    vision_id: bool = False  # "Picture 1: " before each image (Qwen's add_vision_id; VLA-0's released runs)
     camera_shapes: dict[str, list[int]] = field(default_factory=dict)  # (h, w) each camera was recorded at
     state_dim: int = 0  # length of observation.state in the training data (0: none); not a model input
     # -- which head turns the VLM into actions --

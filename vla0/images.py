@@ -43,20 +43,28 @@ def check_image(key: str, image: np.ndarray) -> None:
 JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0,
-                 saturation: float = 0.0, hue: float = 0.0) -> np.ndarray:
-    """Random colour jitter as torchvision's ColorJitter defines it (used by VLA-0): brightness,
-    contrast and saturation factors drawn from [1 - x, 1 + x], a hue shift from [-hue, hue] of a
-    full turn, applied in a random order. PIL only: no torchvision."""
+def jitter_draw(rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                hue: float = 0.0) -> dict | None:
+    """One random colour jitter as torchvision's ColorJitter draws it (used by VLA-0): brightness,
+    contrast and saturation factors from [1 - x, 1 + x], a hue shift from [-hue, hue] of a full
+    turn, and a random order of the four. None when all are 0."""
     if not (brightness or contrast or saturation or hue):
-        return image
+        return None
     if not 0 <= hue <= 0.5:
         raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
-    img = Image.fromarray(image)
     factors = [rng.uniform(max(0.0, 1 - x), 1 + x) if x else None for x in (brightness, contrast, saturation)]
     shift = rng.uniform(-hue, hue) if hue else None
+    return {"factors": factors, "shift": shift, "order": rng.permutation(4).tolist()}
+
+
+def apply_jitter(image: np.ndarray, draw: dict | None) -> np.ndarray:
+    """Apply a jitter_draw to one image. PIL only: no torchvision."""
+    if draw is None:
+        return image
+    img = Image.fromarray(image)
+    factors, shift = draw["factors"], draw["shift"]
     enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
-    for op in rng.permutation(4):
+    for op in draw["order"]:
         if op < 3 and factors[op] is not None:
             img = enhancers[op](img).enhance(factors[op])
         elif op == 3 and shift is not None:
@@ -64,3 +72,9 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float 
             h = Image.fromarray((np.asarray(h, np.int16) + int(round(shift * 255))).astype(np.uint8))  # wraps
             img = Image.merge("HSV", (h, s, v)).convert("RGB")
     return np.asarray(img)
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, hue: float = 0.0) -> np.ndarray:
+    """One image jittered with a draw of its own."""
+    return apply_jitter(image, jitter_draw(rng, brightness, contrast, saturation, hue))

@@ -2,7 +2,7 @@
 
 Layout (Qwen2.5-VL chat format):
   <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
-  <|im_start|>user\\n<|vision_start|><|image_pad|>*n<|vision_end|>...{task}<|im_end|>\\n
+  <|im_start|>user\\n[Picture 1: ]<|vision_start|><|image_pad|>*n<|vision_end|>...{task}<|im_end|>\\n
   <|im_start|>assistant\\n{action text}<|im_end|>
 Loss falls only on the action text and its closing <|im_end|>. The multimodal token layout is
 built here (not by a transformers processor) so the exact positions of images, masks and labels
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vla0.config import PolicyConfig
-from vla0.images import arrange, color_jitter, crop_resize
+from vla0.images import apply_jitter, arrange, crop_resize, jitter_draw
 
 IGNORE = -100
 SYSTEM_PROMPT = (
@@ -87,11 +87,13 @@ class PromptEncoder:
     # -- images -------------------------------------------------------------------------------
     def images(self, frames: list[np.ndarray], rng: np.random.Generator | None,
                jitter: dict | None = None) -> list[np.ndarray]:
-        """Crop (random with rng, else centred) and resize each camera; jitter colours in training."""
+        """Crop (random with rng, else centred) and resize each camera; jitter colours in training,
+        one draw per sample for all its cameras (as VLA-0's ColorJitter over the stacked cameras)."""
         size = tuple(self.config.image_size) if self.config.image_size else None
         images = [crop_resize(f, size, self.config.crop_fraction, rng) for f in frames]
         if jitter and rng is not None:
-            images = [color_jitter(im, rng, **jitter) for im in images]
+            draw = jitter_draw(rng, **jitter)
+            images = [apply_jitter(im, draw) for im in images]
         return arrange(images, self.config.image_layout)
 
     def pixels(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +108,11 @@ class PromptEncoder:
                 {"role": "system", "content": self._system},
                 {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": task}]},
             ]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      add_vision_id=self.config.vision_id)
+            if self.config.vision_id and "Picture 1: " not in text:  # a template without Qwen's add_vision_id
+                raise ValueError("the policy asks for vision ids ('Picture 1: ' before each image) but the "
+                                 "tokenizer's chat template ignores add_vision_id; use Qwen2.5-VL's processor")
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             self._check_reserved(task, ids)
             self._templates[key] = ids

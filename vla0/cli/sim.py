@@ -44,7 +44,11 @@ class EvalConfig:
     tasks: list[str] | None = option(None, "comma-separated tasks (under --suite: ids, e.g. 0,3)")
     suite: str | None = option(None, "a benchmark suite of the env (LIBERO: libero_spatial, libero_object, "
                                "libero_goal, libero_10, libero_90): all its tasks, or those --tasks names")
-    episodes: int = option(20, "held-out episodes per task", aliases=("--trials",))
+    episodes: int | None = option(None, "held-out episodes per task (default: the env's protocol: LIBERO 50, "
+                                  "one per official init state; others 20)", aliases=("--trials",))
+    device: str = option("cpu", "where the policy runs: cpu, cuda, cuda:1 ...")
+    dtype: str = option("float32", "the policy's weights and compute: float32, or bfloat16 (as VLA-0 "
+                        "evaluates; half the memory)", choices=("float32", "bfloat16"))
     seed: int | None = option(None, "episode e uses seed + e (default: 10000, held out from demonstrations; "
                               "LIBERO: 0, trial i = official init state i)")
     cameras: list[str] | None = option(None, "default: the policy's cameras")
@@ -95,6 +99,17 @@ def cmd_collect(args) -> None:
     print(f"wrote {out}")
 
 
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has: one line now, not a CUDA error after loading."""
+    import torch
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r}: {e}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here (torch {torch.__version__})")
+
+
 def load_eval_policy(cfg: EvalConfig, family):
     """A policy by name (random, expert), a remote server, or a trained policy/run folder, and the
     (cameras, camera shapes) it was trained on (None for the baselines)."""
@@ -109,15 +124,18 @@ def load_eval_policy(cfg: EvalConfig, family):
         if not family.has_expert:
             raise ValueError(f"{family.name} has no scripted expert")
         return ExpertPolicy(), None
+    import torch
+
     from vla0.policy.policy import VLA0Policy
     options = dict(ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps, temperature=cfg.temperature,
+                   dtype=getattr(torch, cfg.dtype),
                    fast_decode=cfg.decoder == "fast", relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
                    quantize_vision=cfg.quantize_vision, compile_mode=cfg.compile)
     if cfg.policy_gpus is not None:
         from vla0.eval.ray_policy import RayPolicy
         policy = RayPolicy(cfg.policy, cfg.policy_gpus, cfg.policy_cpus, cfg.ray, **options)
     else:
-        policy = VLA0Policy.from_pretrained(cfg.policy, **options)
+        policy = VLA0Policy.from_pretrained(cfg.policy, device=cfg.device, **options)
     return policy, (policy.config.cameras, policy.config.camera_shapes)
 
 
@@ -126,6 +144,9 @@ def cmd_eval(args) -> None:
     from vla0.eval.evaluate import evaluate
     cfg = build(EvalConfig, args)
     family = get_env(cfg.env)
+    if cfg.episodes is None:
+        cfg.episodes = family.eval_episodes
+    check_device(cfg.device)
     tasks = family.select_tasks(cfg.tasks, cfg.suite)
     # every check that needs no model, before loading one
     family.check_tasks(tasks, cfg.episodes, "eval")

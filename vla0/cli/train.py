@@ -1,4 +1,4 @@
-"""`vla0 init-model`, `vla0 train`, `vla0 predict`."""
+"""`vla0 init-model`, `vla0 train`, `vla0 predict`, `vla0 import-vla0`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,21 @@ def cmd_init_model(args) -> None:
     print(f"wrote {args.preset} model to {out}")
 
 
-def cmd_train(args) -> None:
+def train_config(args):
+    """The run's TrainConfig: the dataclass defaults, then the --recipe's values, then the flags given
+    (a training length given as --steps replaces a recipe's --epochs, and the other way round)."""
     from vla0.train.recipes import recipe
-    from vla0.train.trainer import TrainConfig, train
+    from vla0.train.trainer import TrainConfig
     base = recipe(args.recipe) if args.recipe else {}
-    print(f"policy written to {train(build(TrainConfig, args, base))}")
+    for given, other in (("steps", "epochs"), ("epochs", "steps")):
+        if given in vars(args):
+            base.pop(other, None)
+    return build(TrainConfig, args, base)
+
+
+def cmd_train(args) -> None:
+    from vla0.train.trainer import train
+    print(f"policy written to {train(train_config(args))}")
 
 
 def cmd_predict(args) -> None:
@@ -45,6 +55,12 @@ def cmd_predict(args) -> None:
     print(f"mean abs error: {np.abs(chunk - truth).mean():.4f}")
 
 
+def cmd_import_vla0(args) -> None:
+    from vla0.model.official import import_run
+    out = import_run(args.run_dir, args.out, processor=args.processor, trust_pickle=args.trust_pickle)
+    print(f"imported {args.run_dir} as the vla0 policy {out}")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from vla0.model.tiny import PRESETS
     from vla0.train.recipes import RECIPES
@@ -68,3 +84,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--frame", type=int, default=0)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("import-vla0", help="turn a run folder of VLA-0's released code (NVlabs/vla0: model_last/, "
+                                           "model_last.pth, dataset_stats.pkl, config.yaml) into a vla0 policy")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="policy folder to write (must not exist)")
+    p.add_argument("--processor", default=None, help="tokenizer and image processor: a folder or hub id (default: "
+                                                     "model_last/ when it holds them, else the run's base model)")
+    p.add_argument("--trust-pickle", action="store_true", help="unpickle dataset_stats.pkl even if it holds types "
+                                                               "other than plain data (runs the code it names)")
+    p.set_defaults(func=cmd_import_vla0)

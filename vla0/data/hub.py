@@ -36,9 +36,9 @@ def resolve_dataset(spec: str | Path, cameras: list[str] | None = None) -> Path:
                                         RevisionNotFoundError)
     where = f"dataset {repo!r} at revision {revision or 'main'!r}"
     patterns = ["meta/*", "data/*"]
-    # Only the asked cameras' videos (v3.0 videos/<key>/..., v2.1 videos/chunk-*/<key>/...).
-    patterns += [f"videos/*{c if c.startswith('observation.') else 'observation.images.' + c}/*"
-                 for c in cameras] if cameras else ["videos/*"]
+    # Only the asked cameras' videos (v3.0 videos/<key>/..., v2.1 videos/chunk-*/<key>/...); a camera
+    # named without observation.images. matches its key either way.
+    patterns += [f"videos/*{c}/*" for c in cameras] if cameras else ["videos/*"]
     try:
         return Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns))
     except RevisionNotFoundError:

@@ -6,6 +6,13 @@ decode=True it also decodes every frame into memory (small datasets, tests, `vla
 decode=False nothing is decoded and vla0.data.streaming reads frames when a sample is drawn.
 validate_lerobot() checks layout, info.json and that every referenced file exists, without
 decoding, so bad input fails in a second with a message naming the file or key.
+
+Datasets name their features differently on the hub: physical-intelligence/libero (v2.0, PNG frames
+in the parquet files) has `image`, `wrist_image`, `state`, `actions`; HuggingFaceVLA/libero (v3.0,
+videos) has `observation.images.image`, `observation.images.image2`, `observation.state`, `action`.
+load_lerobot() takes the action and state keys and camera names as the dataset spells them and
+hands everything on under LeRobot's standard keys (ACTION, STATE, `observation.images.<name>`, the
+name being the key without that prefix), so nothing downstream depends on a dataset's spelling.
 """
 import io
 import json
@@ -20,6 +27,8 @@ from vla0.data.stats import histogram_stats, image_histogram, vector_stats
 from vla0.data.video import match_frames
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")
+ACTION, STATE, IMAGES = "action", "observation.state", "observation.images."
+STATE_KEYS = (STATE, "state")  # tried in this order when no state key is given
 CAMERA_DTYPES = ("video", "image")
 
 
@@ -119,7 +128,7 @@ def _episodes(root: Path, info: dict) -> list[dict]:
     return eps
 
 
-def validate_lerobot(root: Path) -> dict:
+def validate_lerobot(root: Path, action_key: str = ACTION) -> dict:
     """Check a dataset folder without decoding anything; returns its info.json dict.
 
     Raises FileNotFoundError / ValueError naming the file or key at fault.
@@ -141,8 +150,9 @@ def validate_lerobot(root: Path) -> dict:
         if key not in info:
             raise ValueError(f"{info_path}: missing key {key!r}")
     feats = info["features"]
-    if "action" not in feats:
-        raise ValueError(f"{info_path}: no 'action' feature (features: {', '.join(feats)})")
+    if action_key not in feats:
+        raise ValueError(f"{info_path}: no {action_key!r} feature (features: {', '.join(feats)}); name the "
+                         "dataset's action feature with --action-key")
     for key, ft in feats.items():
         shape = ft.get("shape")
         if not isinstance(shape, list | tuple) or not all(isinstance(s, int) and s > 0 for s in shape):
@@ -150,7 +160,7 @@ def validate_lerobot(root: Path) -> dict:
         if ft.get("dtype") in CAMERA_DTYPES:
             if len(shape) != 3 or 3 not in (shape[0], shape[2]):
                 raise ValueError(f"{info_path}: camera {key!r} shape must be (h, w, 3), got {shape}")
-        elif key in ("action", "observation.state") and len(shape) != 1:
+        elif key in (action_key, *STATE_KEYS) and len(shape) != 1:
             raise ValueError(f"{info_path}: feature {key!r} must be a vector, got shape {shape}")
     if any(ft.get("dtype") == "video" for ft in feats.values()) and not info.get("video_path"):
         raise ValueError(f"{info_path}: has video features but no 'video_path'")
@@ -206,19 +216,36 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def camera_name(key: str) -> str:
+    """A camera's name: its feature key without LeRobot's observation.images. prefix."""
+    return key[len(IMAGES):] if key.startswith(IMAGES) else key
+
+
 def camera_keys(root: Path, info: dict, cameras: list[str] | None) -> list[str]:
-    """Full keys of the asked cameras (names or keys; None = all), or an error naming the dataset's."""
+    """Feature keys of the asked cameras (names or keys; None = all), or an error naming the dataset's."""
     feats = info["features"]
     all_cams = [k for k, f in feats.items() if f.get("dtype") in CAMERA_DTYPES]
     if cameras is None:
         return all_cams
     keys = []
     for c in cameras:
-        key = c if c.startswith("observation.images.") or c in feats else f"observation.images.{c}"
+        key = c if c.startswith(IMAGES) or c in feats else IMAGES + c
         if key not in all_cams:
             raise ValueError(f"{root}: camera {c!r} not in dataset; cameras: {', '.join(all_cams) or '(none)'}")
         keys.append(key)
     return keys
+
+
+def dataset_cameras(info: dict) -> list[str]:
+    """The names of a dataset's cameras (features of dtype image or video, without observation.images.)."""
+    return [camera_name(k) for k, f in info["features"].items() if f.get("dtype") in CAMERA_DTYPES]
+
+
+def camera_shapes(info: dict, cameras: list[str]) -> dict[str, list[int]]:
+    """(h, w) each named camera is recorded at (features stored as (h, w, 3) or (3, h, w))."""
+    keys = {camera_name(k): k for k in info["features"]}
+    shapes = {c: info["features"][keys[c]]["shape"] for c in cameras}
+    return {c: list(s[:2] if s[2] == 3 else s[1:]) for c, s in shapes.items()}
 
 
 def decode_all(loc: FrameLocator, key: str) -> np.ndarray:
@@ -238,11 +265,24 @@ def decode_all(loc: FrameLocator, key: str) -> np.ndarray:
     return out
 
 
-def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = True) -> LeRobotData:
+def state_key_of(info: dict, state_key: str | None = None) -> str | None:
+    """The dataset's state feature: the one named, else observation.state or state if present."""
+    if state_key is not None:
+        if state_key not in info["features"]:
+            raise ValueError(f"no state feature {state_key!r}; features: {', '.join(info['features'])}")
+        return state_key
+    return next((k for k in STATE_KEYS if k in info["features"]), None)
+
+
+def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = True, action_key: str = ACTION,
+                 state_key: str | None = None) -> LeRobotData:
     """Load a dataset. cameras: names or full keys; None = all cameras. decode: decode every frame
-    into memory (LeRobotData.images); otherwise only locate them (LeRobotData.locators)."""
+    into memory (LeRobotData.images); otherwise only locate them (LeRobotData.locators).
+    action_key / state_key: the dataset's names for them (state: observation.state or state when
+    None). The result uses the standard keys: ACTION, STATE and observation.images.<camera name>."""
     root = Path(root)
-    info = validate_lerobot(root)
+    info = validate_lerobot(root, action_key)
+    state_key = state_key_of(info, state_key)
     version, fps = info["codebase_version"], float(info["fps"])
     feats = info["features"]
     cam_keys = camera_keys(root, info, cameras)
@@ -254,7 +294,7 @@ def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = Tr
     tables = []
     for path in dict.fromkeys(e["data_file"] for e in eps):
         t = pq.read_table(path)
-        for k in ["action", "episode_index", "frame_index", "timestamp"] + [k for k in vector_keys]:
+        for k in [action_key, "episode_index", "frame_index", "timestamp"] + [k for k in vector_keys]:
             if k not in t.column_names:
                 raise ValueError(f"{path}: missing column {k!r}")
         tables.append(t)
@@ -297,7 +337,16 @@ def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = Tr
         locators[key] = loc
     images = {key: decode_all(loc, key) for key, loc in locators.items()} if decode else {}
 
+    # from here on, the standard keys
+    rename = {action_key: ACTION, **({state_key: STATE} if state_key else {}),
+              **{k: IMAGES + camera_name(k) for k in cam_keys}}
+    vectors = {rename.get(k, k): v for k, v in vectors.items()}
+    locators = {rename[k]: v for k, v in locators.items()}
+    images = {rename[k]: v for k, v in images.items()}
+    cam_keys = [rename[k] for k in cam_keys]
     stats = _load_stats(root)
+    if stats is not None:
+        stats = {rename.get(k, k): v for k, v in stats.items()}
     if stats is None:  # v2.1 without stats.json: compute what training needs
         stats = {k: vector_stats(v) for k, v in vectors.items()}
         for k, v in images.items():  # camera statistics only when decoded: training does not read them
@@ -308,8 +357,8 @@ def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = Tr
         fps=fps,
         camera_keys=cam_keys,
         images=images,
-        state=vectors.pop("observation.state", None),
-        action=vectors.pop("action"),
+        state=vectors.pop(STATE, None),
+        action=vectors.pop(ACTION),
         episode_index=episode_index,
         frame_index=frame_index,
         task_index=task_index,

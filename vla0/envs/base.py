@@ -56,6 +56,7 @@ class EnvFamily:
     training_options: dict = {}  # option defaults for episodes that train (demonstrations, RL rollouts), e.g.
     # LIBERO's perturbed layouts, so that evaluation's layouts stay held out
     eval_seed: int | None = None  # where evaluation seeds start (None: vla0.eval.evaluate.EVAL_SEED)
+    eval_episodes: int = 20  # `vla0 eval`'s episodes per task unless told (a benchmark's protocol may fix it)
     default_image_size: tuple[int, int] = (64, 64)
 
     def suites(self) -> dict[str, list[str]]:

@@ -7,9 +7,12 @@ The published evaluation protocol (VLA-0, openpi, OpenVLA-OFT) is the default, p
 "published"; every choice below is it unless said otherwise:
 - trial i of a task starts from the suite's official init state i (50 per task): the episode
   seed IS the init-state index (layout "official"), so `vla0 eval` starts at seed 0 here;
-- the env is seeded with 7. openpi seeds once per task and runs the trials in order; our workers
-  run trials in any order, so we reseed before every reset: a trial's outcome then does not
-  depend on which trials its worker ran before (and a resumed evaluation gives the same numbers);
+- the env is seeded with 7 once per task, as VLA-0's and openpi's harnesses do, and trial i runs
+  after i earlier resets have drawn from its RNG. Our workers may run a task's trials in any
+  order: a worker that skips trials replays their resets (LiberoEnv.reset), so every trial sees
+  the state the official harness gives it, whichever trials its worker ran before (and a resumed
+  evaluation gives the same numbers). Protocol "lerobot" and the perturbed layout reseed at
+  every reset;
 - cameras "image" (agentview) and "image2" (robot0_eye_in_hand), the names of the LeRobot-format
   LIBERO datasets on the hub, rendered at the spec's size (the protocol's is 256x256) and rotated
   180 degrees (LIBERO's images are upside down); only when the step is asked to render;
@@ -48,7 +51,9 @@ from vla0.envs.libero_install import import_libero
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 INIT_STATES = 50  # official init states per task
-CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand"}  # LeRobot name -> LIBERO camera
+# dataset camera name -> LIBERO camera: HuggingFaceVLA/libero's names, and physical-intelligence/libero's
+# "wrist_image" (its "image" is the agentview too), so a policy trained on either is fed the right views
+CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand", "wrist_image": "robot0_eye_in_hand"}
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
 
 
@@ -59,13 +64,14 @@ class Protocol:
     render_size: int  # what the protocol renders (the spec's image_size is what we render)
     wait_steps: int = 10
     seed: int = 7
+    seed_once: bool = True  # seeded once per task (trials in order); False: reseeded before every reset
 
 
 PROTOCOLS = {
     "published": Protocol("published", {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300,
                                         "libero_10": 520, "libero_90": 400}, 256),
     "lerobot": Protocol("lerobot", {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300,
-                                    "libero_10": 520, "libero_90": 400}, 360),
+                                    "libero_10": 520, "libero_90": 400}, 360, seed_once=False),
 }
 LAYOUTS = ("official", "perturbed")
 PERTURB_M = (0.02, 0.04)  # distance each free object is moved in a perturbed layout
@@ -103,6 +109,7 @@ class Libero(EnvFamily):
     options = {"protocol": "published", "layout": "official"}
     training_options = {"layout": "perturbed"}  # demonstrations and RL rollouts never start from evaluation layouts
     eval_seed = 0  # trial i = official init state i
+    eval_episodes = INIT_STATES  # the published protocol runs all 50 init states of each task
 
     def __init__(self):
         self._tasks: dict[str, list] | None = None
@@ -194,6 +201,7 @@ class LiberoEnv:
                                        camera_heights=h, camera_widths=w, use_camera_obs=bool(spec.cameras),
                                        hard_reset=False)
         self._render_next = True
+        self._next_trial = None  # with a protocol seeded once per task: the trial whose RNG state the env is at
         self._raw = None
         self._steps = 0
         self._expert = None
@@ -253,7 +261,7 @@ class LiberoEnv:
         layout = self.spec.options["layout"]
         if layout == "official" and not 0 <= seed < len(self._init_states):
             raise ValueError(f"{self.spec.task}: official init states are 0..{len(self._init_states) - 1}, got {seed}")
-        self._env.seed(self.protocol.seed)
+        self._seed_for(seed, layout)
         self._env.reset()
         self._render_lazily()
         self._render_next = self.protocol.wait_steps == 0  # only the frames after the wait steps are seen
@@ -267,6 +275,19 @@ class LiberoEnv:
         self._expert = None
         info = {"seed": seed, "task": self.spec.task, "init_state": seed % len(self._init_states), "layout": layout}
         return self._obs(bool(self.spec.cameras)), info
+
+    def _seed_for(self, trial: int, layout: str) -> None:
+        """Bring the env's RNG to where the official harness has it before trial `trial`'s reset."""
+        if not (self.protocol.seed_once and layout == "official"):
+            self._env.seed(self.protocol.seed)
+            return
+        if self._next_trial is None or trial < self._next_trial:
+            self._env.seed(self.protocol.seed)
+            self._next_trial = 0
+        while self._next_trial < trial:  # the resets of the trials this worker did not run
+            self._env.reset()
+            self._next_trial += 1
+        self._next_trial = trial + 1
 
     def _perturb(self, rng: np.random.Generator) -> dict:
         """Move each free object (its free joint's x, y) by PERTURB_M in a random direction."""

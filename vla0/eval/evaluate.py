@@ -85,6 +85,14 @@ def _summary(records: list[dict]) -> dict:
             "mean_steps": float(np.mean([r["steps"] for r in records]))}
 
 
+def _runtime(policy) -> dict:
+    """Where and in what precision a local policy's model runs (None for baselines and servers)."""
+    model = getattr(getattr(policy, "vlm", None), "model", None)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else None
+    device = getattr(policy, "device", None)
+    return {"device": str(device) if device is not None else None, "dtype": dtype}
+
+
 def evaluate(
     policy: Policy,
     tasks: list[str],
@@ -141,7 +149,7 @@ def evaluate(
     blind = {t: family.spec(t, (), image_size, max_episode_steps, **env_options) for t in tasks}
     options = full[tasks[0]].options
     config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
-    settings = {"policy": policy.name, "policy_id": policy_id, "policy_config": config, "env": env,
+    settings = {"policy": policy.name, "policy_id": policy_id, "policy_config": config, **_runtime(policy), "env": env,
                 "cameras": list(cameras), "image_size": list(image_size),
                 "env_options": options, "max_episode_steps": max_episode_steps,
                 "temperature": getattr(policy, "temperature", None)}
@@ -196,6 +204,8 @@ def evaluate(
         **({"suites": suites} if suites else {}),
         "mean_success_rate": float(np.mean([r["success_rate"] for r in per_task.values()])),
         "policy": policy.name,
+        **_runtime(policy),
+        "protocol": options.get("protocol"),
         "env": env,
         "seed": seed,
         "episodes_per_task": episodes,

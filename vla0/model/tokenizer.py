@@ -26,13 +26,16 @@ SPECIAL_TOKENS = [
 ]
 
 # Qwen2.5-VL's chat format for image+text messages (written here, not copied: the model
-# only needs the same token layout, "<|im_start|>role\n...<|im_end|>\n").
+# only needs the same token layout, "<|im_start|>role\n...<|im_end|>\n"; add_vision_id writes
+# "Picture N: " before the N-th image, as Qwen's template does).
 CHAT_TEMPLATE = (
+    "{% set pictures = namespace(n=0) %}"
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% if part['type'] == 'image' %}{% set pictures.n = pictures.n + 1 %}"
+    "{% if add_vision_id %}Picture {{ pictures.n }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"

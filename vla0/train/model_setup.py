@@ -44,7 +44,9 @@ def check_model_options(cfg) -> None:
 
 
 def weights_dtype(choice: str, lora: bool, model: str) -> torch.dtype:
-    """auto: full fine-tuning keeps fp32 weights (AdamW updates need them); LoRA loads the frozen
+    """auto: full fine-tuning keeps fp32 weights (AdamW updates need them); bf16: bf16 weights and,
+    under full fine-tuning, bf16 AdamW state with no fp32 master copy (VLA-0's released numerics,
+    bench/numerics.py measures what that does to small updates); LoRA loads the frozen
     base in the dtype its checkpoint was saved in (bf16 for Qwen's and for init-model's 3B shape,
     7.5 GB instead of 15)."""
     if choice == "fp32" or (choice == "auto" and not lora):
@@ -89,11 +91,15 @@ def enable_checkpointing(model) -> None:
     base.config.use_cache = False
 
 
-def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW (or 8-bit AdamW) at lr (default cfg.lr). torch's AdamW keeps its state in each
+    parameter's dtype: bf16 weights (--model-dtype bf16) get bf16 moments and no fp32 master copy,
+    as VLA-0's released training."""
+    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adamw8bit":  # bitsandbytes: optimiser state in 8 bits (a quarter of fp32's)
         import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
 def trackers(choice: str) -> list[str]:

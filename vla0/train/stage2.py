@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vla0.config import PolicyConfig
+from vla0.data.lerobot_dataset import camera_name
 from vla0.model.vlm import check_model_folder
 from vla0.policy.flow_head import (ActionNormalizer, FlowExpert, FlowExpertConfig, expert_config_for, flow_loss,
                                    load_expert, sample_time, save_expert, vlm_states)
@@ -58,10 +59,11 @@ def check_stage2(cfg, info: dict) -> tuple[Path, PolicyConfig, FlowExpertConfig]
                          "text-action (stage 1) policy")
     check_model_folder(folder)
     features = info["features"]
-    missing = [k for k in source.image_keys if k not in features]
+    names = {camera_name(k) for k in features}  # cameras as the dataset spells them, with or without the prefix
+    missing = [c for c in source.cameras if c not in names]
     if missing:
         raise ValueError(f"dataset {cfg.dataset} lacks the stage-1 policy's camera(s) {missing}")
-    action_dim = int(features["action"]["shape"][0])
+    action_dim = int(features[cfg.action_key]["shape"][0])
     if action_dim != source.action_dim:
         raise ValueError(f"dataset {cfg.dataset} has {action_dim}-dim actions, the stage-1 policy {source.action_dim}")
     from transformers import AutoConfig  # the VLM's shape without its weights

@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from vla0.bins import NUM_BINS
-from vla0.config import ACTION_FORMATS, IMAGE_PREFIX, NORMALIZATIONS, PolicyConfig, stats_to_lists
+from vla0.config import ACTION_FORMATS, NORMALIZATIONS, PolicyConfig, stats_to_lists
 from vla0.data.chunks import ChunkDataset
 from vla0.data.hub import resolve_dataset
-from vla0.data.lerobot_dataset import load_lerobot, validate_lerobot
+from vla0.data.lerobot_dataset import camera_name, camera_shapes, dataset_cameras, load_lerobot, state_key_of
+from vla0.data.lerobot_dataset import validate_lerobot
 from vla0.data.streaming import FrameSource, build_frame_cache, check_videos
 from vla0.images import JITTER_KEYS
 from vla0.io import save_folder_atomic
@@ -54,7 +55,11 @@ class TrainConfig:
     out: str = option(help="run folder: checkpoints, policy/, train_log.jsonl")
     model: str | None = option(None, "model folder (vla0 init-model) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct "
                                      "(text head; required)")
-    cameras: list[str] | None = option(None, "cameras the policy reads (default: every camera of the dataset)")
+    cameras: list[str] | None = option(None, "cameras the policy reads, as the dataset names them, e.g. image,wrist_image "
+                                             "or image,image2 (default: every camera of the dataset)")
+    action_key: str = option("action", "the dataset's action feature (physical-intelligence/libero: actions)")
+    state_key: str | None = option(None, "the dataset's state feature (default: observation.state or state); "
+                                         "recorded, not a model input")
     # -- actions as text (VLA-0) or as action tokens (OpenVLA) --
     chunk_size: int = option(8, "H, steps per predicted action chunk", aliases=("--horizon",), group="actions")
     num_bins: int | None = option(None, "text: actions are integers 0..B (default 1000); bins: the number of "
@@ -72,6 +77,10 @@ class TrainConfig:
     mask_max_frac: float = option(0.4, "masked action augmentation: most of the action characters masked",
                                   group="images")
     mask_p_none: float = option(0.1, "fraction of samples left unmasked", group="images")
+    mask_char: str = option("_", "the character masked action characters are replaced with (VLA-0's code: ?)",
+                            group="images")
+    vision_id: bool = option(False, "write 'Picture 1: ' before each image in the prompt (Qwen's add_vision_id, "
+                             "as VLA-0's released runs)", group="images")
     color_jitter: tuple[float, float, float, float] = option(
         (0.0, 0.0, 0.0, 0.0), "training colour jitter: brightness contrast saturation hue (0 = off)", group="images")
     # -- data loading --
@@ -92,6 +101,8 @@ class TrainConfig:
     batch_size: int = option(8, "samples per process per micro-batch", group="optimiser")
     grad_accum: int = option(1, "micro-batches per optimizer step", group="optimiser")
     max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimiser")
+    scale_lr_with_gpus: bool = option(False, "multiply --lr by the number of processes, as VLA-0's train.py does",
+                                      group="optimiser")
     precision: str = option("fp32", "autocast precision", choices=("fp32", "bf16"), group="optimiser")
     lora_rank: int = option(0, "0 = full fine-tuning", group="optimiser")
     lora_alpha: int = option(16, group="optimiser")
@@ -176,13 +187,18 @@ def check_config(cfg: TrainConfig) -> tuple[Path, dict]:
     if min(cfg.color_jitter) < 0 or cfg.color_jitter[3] > 0.5:
         raise ValueError(f"--color-jitter values must be >= 0 (hue <= 0.5), got {cfg.color_jitter}")
     root = resolve_dataset(cfg.dataset, cfg.cameras)
-    info = validate_lerobot(root)
-    cameras = [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
-    unknown = [c for c in (cfg.cameras or []) if c not in cameras]
+    info = validate_lerobot(root, cfg.action_key)
+    state_key_of(info, cfg.state_key)
+    cameras = dataset_cameras(info)
+    unknown = [c for c in (cfg.cameras or []) if camera_name(c) not in cameras]
     if unknown:
         raise ValueError(f"camera(s) {unknown} not in dataset {cfg.dataset}; it has {cameras}")
     if not cameras:
-        raise ValueError(f"dataset {cfg.dataset} has no camera features (observation.images.*)")
+        raise ValueError(f"dataset {cfg.dataset} has no camera features (dtype image or video)")
+    heights = {c: hw[0] for c, hw in camera_shapes(info, [camera_name(c) for c in cfg.cameras or cameras]).items()}
+    if cfg.image_layout == "tile" and not cfg.image_size and len(set(heights.values())) > 1:
+        raise ValueError(f"cameras of different heights {heights} cannot be tiled as recorded: give --image-size "
+                         "(each camera is resized to it) or --image-layout separate")
     out = Path(cfg.out)
     if cfg.resume and latest_checkpoint(out) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {out}/checkpoints")
@@ -212,7 +228,8 @@ class Trainer:
             from vla0.train.stage2 import Stage2
             self.stage2 = Stage2(cfg, info, resume_from)
             self.policy_config, self.vlm, model = self.stage2.policy_config, self.stage2.vlm, self.stage2.model
-            data = load_lerobot(root, cameras=self.policy_config.cameras, decode=False)
+            data = load_lerobot(root, cameras=self.policy_config.cameras, decode=False, action_key=cfg.action_key,
+                                state_key=cfg.state_key)
             check_videos(data)
         else:
             data, model = self._text_model(cfg, root, info, resume_from)
@@ -241,9 +258,9 @@ class Trainer:
                 text_example, self.processor, mask_max_frac=cfg.mask_max_frac, p_no_mask=cfg.mask_p_none,
                 jitter=jitter), cfg.seed)
             self.collate = partial(collate, pad_id=self.processor.pad_id, padding_side="right")
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, cfg)
         world = self.acc.num_processes
+        self.lr = cfg.lr * (world if cfg.scale_lr_with_gpus else 1)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, self.lr)
         self.global_batch = cfg.batch_size * world
         self.batches_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
@@ -264,8 +281,9 @@ class Trainer:
 
     def _text_model(self, cfg: TrainConfig, root: Path, info: dict, resume_from: Path | None):
         """Stage 1: the policy config from the dataset, and the VLM (or its LoRA adapter) to train."""
-        cameras = cfg.cameras or [k[len(IMAGE_PREFIX):] for k in info["features"] if k.startswith(IMAGE_PREFIX)]
-        data = load_lerobot(root, cameras=cameras, decode=False)  # tables only: frames are read when drawn
+        cameras = [camera_name(c) for c in cfg.cameras] if cfg.cameras else dataset_cameras(info)
+        data = load_lerobot(root, cameras=cameras, decode=False, action_key=cfg.action_key,
+                            state_key=cfg.state_key)  # tables only: frames are read when drawn
         check_videos(data)  # a truncated video fails now, not mid-run
         self.policy_config = PolicyConfig(
             action_dim=data.action.shape[1], cameras=cameras, action_stats=stats_to_lists(data.stats["action"]),
@@ -273,8 +291,9 @@ class Trainer:
             num_bins=cfg.num_bins or (NUM_BINS if cfg.action_format == "bins" else 1000),
             normalization="quantile" if cfg.action_format == "bins" else cfg.normalization,
             image_layout=cfg.image_layout, image_size=cfg.image_size, crop_fraction=cfg.crop_fraction,
+            mask_char=cfg.mask_char, vision_id=cfg.vision_id,
             # the frame size each camera was recorded at, so evaluation renders the same
-            camera_shapes={c: info["features"][IMAGE_PREFIX + c]["shape"][:2] for c in cameras},
+            camera_shapes=camera_shapes(info, cameras),
             state_dim=0 if data.state is None else int(data.state.shape[1]),
             n_action_steps=cfg.n_action_steps, ensemble=cfg.ensemble, ensemble_weights=cfg.ensemble_weights,
             base_model=str(cfg.model), dataset=str(cfg.dataset), training={"train": asdict(cfg)})
