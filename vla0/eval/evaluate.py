@@ -85,6 +85,14 @@ def _summary(records: list[dict]) -> dict:
             "mean_steps": float(np.mean([r["steps"] for r in records]))}
 
 
+def _smoothness(records: list[dict]) -> dict:
+    """Means over a task's episodes of what the chunk executor measured (when it did)."""
+    keys = ("mean_boundary_jump", "total_jerk", "stall_steps")
+    if not records or not all(k in r for r in records for k in keys):
+        return {}
+    return {k: float(np.mean([r[k] for r in records])) for k in keys}
+
+
 def evaluate(
     policy: Policy,
     tasks: list[str],
@@ -124,7 +132,7 @@ def evaluate(
     for attr in ("name", "reset", "needs_images"):
         if not hasattr(policy, attr):
             raise ValueError(f"evaluate: policy {type(policy).__name__} lacks {attr!r} (see vla0.eval.evaluate.Policy)")
-    config = getattr(policy, "config", None)
+    config = config_obj = getattr(policy, "config", None)
     # a local policy's config, or what a served policy announced on connect (vla0.client)
     action_dim = getattr(config, "action_dim", None) or (getattr(policy, "metadata", None) or {}).get("action_dim")
     if action_dim is not None:
@@ -164,6 +172,8 @@ def evaluate(
                 rec = {"task": task, "episode": res.job.seed - seed, "seed": res.job.seed,
                        **family.episode_fields(task, res.job.seed, options), "success": res.success,
                        "steps": res.steps}
+                if hasattr(policy, "episode_stats"):  # smoothness of what was executed (chunk executor)
+                    rec.update(policy.episode_stats(res.slot))
                 if res.observations:
                     name = f"{task.replace('/', '_')}_seed{res.job.seed}_{'success' if res.success else 'fail'}.mp4"
                     frames = [{k: v for k, v in o.items() if k.startswith("observation.images.")}
@@ -178,7 +188,7 @@ def evaluate(
             if jobs:
                 runner.run(jobs, policy, on_end=on_end)
             task_records = [finished[(task, s)] for s in seeds]
-            per_task[task] = {**_summary(task_records),
+            per_task[task] = {**_summary(task_records), **_smoothness(task_records),
                               "malformed_outputs": int(getattr(policy, "malformed_outputs", 0)) - malformed_before,
                               **family.task_fields(task)}
             records += task_records
@@ -196,6 +206,9 @@ def evaluate(
         **({"suites": suites} if suites else {}),
         "mean_success_rate": float(np.mean([r["success_rate"] for r in per_task.values()])),
         "policy": policy.name,
+        # how chunks were executed: vla0_client.executor (sync and 0 for policies without chunks)
+        "execution": getattr(config_obj, "execution", None) or getattr(policy, "execution", "sync"),
+        "latency_steps": int(getattr(config_obj, "latency_steps", None) or getattr(policy, "latency_steps", 0)),
         "env": env,
         "seed": seed,
         "episodes_per_task": episodes,
