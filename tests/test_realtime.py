@@ -225,3 +225,31 @@ def test_real_time_loop_overlaps_inference_with_execution(server, execution):
         loop.close()
     assert len(sent) == 12 and all(a.shape == (D,) for a in sent)
     assert loop.latencies and loop.executor.step(0) == 12
+
+
+# -- evaluation with latency ----------------------------------------------------------------------------
+
+def test_latency_zero_is_todays_evaluation_and_results_record_the_mode(metaworld_policy_dir, tmp_path):
+    from vla0.eval.evaluate import evaluate
+    kw = dict(tasks=["reach-v3"], episodes=2, seed=10_000, cameras=("corner3",), image_size=(32, 32), num_workers=0,
+              videos=0, progress=False, max_episode_steps=12)
+
+    def episodes(out, **options):
+        policy = VLA0Policy.from_pretrained(metaworld_policy_dir, **options)
+        res = evaluate(policy, out=tmp_path / out, **kw)
+        return res, [(e["success"], e["steps"], e["mean_boundary_jump"], e["total_jerk"]) for e in res["episodes"]]
+
+    today, ep_today = episodes("today")
+    sync, ep_sync = episodes("sync_d0", execution="sync", latency_steps=0)
+    assert ep_sync == ep_today and sync["execution"] == "sync" and sync["latency_steps"] == 0
+    rtc, _ = episodes("rtc_d1", execution="rtc", latency_steps=1)
+    assert rtc["execution"] == "rtc" and rtc["latency_steps"] == 1
+    assert "mean_boundary_jump" in rtc["tasks"]["reach-v3"] and rtc["episodes"][0]["stall_steps"] == 1
+
+
+def test_eval_cli_refuses_a_latency_the_chunk_cannot_cover(metaworld_policy_dir, tmp_path, capsys):
+    from vla0.cli import main as cli
+    assert cli(["eval", "--policy", str(metaworld_policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+                "--out", str(tmp_path), "--execution", "rtc", "--latency-steps", "2"]) == 2
+    assert "latency of 2 control steps >= the chunk size 2" in capsys.readouterr().err
+    assert not (tmp_path / "episodes.jsonl").exists()  # refused before any episode

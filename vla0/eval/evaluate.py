@@ -153,6 +153,8 @@ def evaluate(
                 "cameras": list(cameras), "image_size": list(image_size),
                 "env_options": options, "max_episode_steps": max_episode_steps,
                 "temperature": getattr(policy, "temperature", None)}
+    if config is None and hasattr(policy, "execution"):  # a served policy executes chunks here
+        settings.update(execution=policy.execution, latency_steps=policy.latency_steps)
     settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
     finished = _finished_episodes(out, settings)
     write_json_atomic(settings, out / SETTINGS_FILE)
