@@ -47,9 +47,9 @@ def sh(args: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "vla0.cli", *args], check=True)
 
 
-def prepare(out: Path, tasks: list[str], chunk_size: int, steps1: int, steps2: int, demos: int) -> None:
-    """Demonstrations, the text head at H=chunk_size, the flow head on its frozen VLM."""
-    data, model, run, flow = out / "data", out / "model", out / "run", out / "flow_run"
+def prepare(out: Path, tasks: list[str], chunk_size: int, steps1: int, steps2: int, demos: int, flow: bool) -> None:
+    """Demonstrations, the text head at H=chunk_size, the flow head (if asked for) on its frozen VLM."""
+    data, model, run, flow_run = out / "data", out / "model", out / "run", out / "flow_run"
     if not (data / "meta" / "info.json").exists():
         sh(["collect", "--tasks", ",".join(tasks), "--episodes", str(demos), "--seed", "0", "--cameras",
             ",".join(CAMERAS), "--image-size", "64x64", "--out", str(data), "--no-progress"])
@@ -59,11 +59,11 @@ def prepare(out: Path, tasks: list[str], chunk_size: int, steps1: int, steps2: i
         sh(["train", "--recipe", "quickstart", "--model", str(model), "--dataset", str(data), "--out", str(run),
             "--chunk-size", str(chunk_size), "--steps", str(steps1), "--no-progress",
             *(["--resume"] if (run / "checkpoints" / "latest").exists() else [])])
-    if not (flow / "policy" / "vla0_policy.json").exists():
-        sh(["train", "--head", "flow", "--from", str(run), "--dataset", str(data), "--out", str(flow),
+    if flow and not (flow_run / "policy" / "vla0_policy.json").exists():
+        sh(["train", "--head", "flow", "--from", str(run), "--dataset", str(data), "--out", str(flow_run),
             "--chunk-size", str(chunk_size), "--steps", str(steps2), "--batch-size", "32", "--lr", "1e-3",
             "--schedule", "cosine", "--warmup-steps", str(max(1, steps2 // 10)), "--expert-depth", "4",
-            "--no-progress", *(["--resume"] if (flow / "checkpoints" / "latest").exists() else [])])
+            "--no-progress", *(["--resume"] if (flow_run / "checkpoints" / "latest").exists() else [])])
 
 
 def load(folder: Path, mode: str, d: int):
@@ -154,6 +154,10 @@ def main() -> None:
                     help="latency: all heads at each d before the next d; head: one head's grid first")
     ap.add_argument("--repeats", type=int, default=5, help="timings per forced-prefix cost setting")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--no-run", action="store_true",
+                    help="run nothing: collect the configurations whose evaluation folders are complete "
+                         "(e.g. after grids run in parallel processes with their own --result)")
     ap.add_argument("--smoke", action="store_true", help="2 demos, 20+20 steps, 2 episodes, 1 task")
     args = ap.parse_args()
 
@@ -161,13 +165,14 @@ def main() -> None:
     from vla0.io import write_json_atomic
 
     out = Path(args.out)
-    tasks = TASKS[1:2] if args.smoke else TASKS
+    tasks = TASKS[1:2] if args.smoke else args.tasks.split(",")
     if args.smoke:
         args.demos, args.stage1_steps, args.stage2_steps, args.episodes, args.repeats = 2, 20, 20, 2, 1
     latencies = [int(x) for x in args.latencies.split(",") if x]
     heads = args.heads.split(",")
     modes = args.modes.split(",")
-    prepare(out, tasks, args.chunk_size, args.stage1_steps, args.stage2_steps, args.demos)
+    if not args.no_run:
+        prepare(out, tasks, args.chunk_size, args.stage1_steps, args.stage2_steps, args.demos, "flow" in heads)
     folders = {"text": out / "run", "flow": out / "flow_run"}
 
     result = Path(args.result)
@@ -197,7 +202,7 @@ def main() -> None:
         report["not_measured"] = planned
         write_json_atomic(report, result)
 
-    if "text" in heads and "forced_prefix_cost_seconds" not in report:
+    if "text" in heads and "forced_prefix_cost_seconds" not in report and not args.no_run:
         report["forced_prefix_cost_seconds"] = forcing_cost(folders["text"], out / "data", args.repeats,
                                                             sorted(d for d in latencies if 0 < d < args.chunk_size))
         save()
@@ -207,8 +212,14 @@ def main() -> None:
         if d >= args.chunk_size:
             print(f"[realtime] skip d={d}: not below the chunk size {args.chunk_size}")
             continue
-        print(f"[realtime] {head} head, {mode}, d={d} ...", flush=True)
         folder = out / "eval" / head / f"{mode}_d{d}"
+        if args.no_run:
+            done = folder / "results.json"
+            if done.exists() and json.loads(done.read_text())["episodes_per_task"] == args.episodes:
+                grid[(head, mode, d)] = {"head": head, "mode": mode, "latency_steps": d,
+                                         **summarise(json.loads(done.read_text()))}
+            continue
+        print(f"[realtime] {head} head, {mode}, d={d} ...", flush=True)
         res = evaluate(load(folders[head], mode, d), tasks, args.episodes, 10_000, folder, cameras=tuple(CAMERAS),
                        image_size=(64, 64), num_workers=args.workers, batch_envs=args.episodes, videos=0,
                        progress=False)
