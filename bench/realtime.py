@@ -110,6 +110,18 @@ def forcing_cost(run: Path, data: Path, repeats: int, latencies: list[int]) -> d
     return out
 
 
+def table(report: dict) -> str:
+    """Markdown: one row per measured configuration."""
+    tasks = report["setup"]["tasks"]
+    lines = ["| head | mode | d | success % | " + " | ".join(tasks) + " | boundary jump | total jerk | stall steps |",
+             "|---" * (7 + len(tasks)) + "|"]
+    for c in report["grid"]:
+        per = " | ".join(f"{c['tasks'][t]['successes']}/{c['tasks'][t]['episodes']}" for t in tasks)
+        lines.append(f"| {c['head']} | {c['mode']} | {c['latency_steps']} | {100 * c['mean_success_rate']:.1f} | {per} "
+                     f"| {c['mean_boundary_jump']:.3f} | {c['total_jerk']:.1f} | {c['stall_steps']:.1f} |")
+    return "\n".join(lines)
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -227,9 +239,11 @@ def main() -> None:
         print(f"[realtime]   success {res['mean_success_rate']:.2f}, "
               f"jump {grid[(head, mode, d)]['mean_boundary_jump']:.3f}", flush=True)
         save()
+    report["table"] = table(report)
     save()
     plot(report, result.with_suffix(".png"))
-    print(json.dumps({k: v for k, v in report.items() if k != "grid"}, indent=1))
+    print(report["table"])
+    print(json.dumps({k: v for k, v in report.items() if k not in ("grid", "table")}, indent=1))
 
 
 if __name__ == "__main__":
