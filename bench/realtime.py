@@ -239,6 +239,7 @@ def main() -> None:
         print(f"[realtime]   success {res['mean_success_rate']:.2f}, "
               f"jump {grid[(head, mode, d)]['mean_boundary_jump']:.3f}", flush=True)
         save()
+    save()
     report["table"] = table(report)
     save()
     plot(report, result.with_suffix(".png"))
