@@ -6,19 +6,21 @@
     python examples/so100_robot_loop.py --server ws://gpu-box:8000 --api-key $KEY \
         --robot-port /dev/ttyACM0 --cameras front=0,wrist=2 --task "put the cube in the bowl"
 
-Each step: read joints + cameras -> one observation -> the server's ensembled next action -> the
-motors. The policy must have been trained on the same camera names and joint order (LeRobot's
+Each tick: read joints + cameras -> one observation -> the next action -> the motors, at --fps,
+with inference overlapped (vla0_client.RealTimeLoop): the arm keeps executing its current chunk
+while the server computes the next one. --execution rtc (default) sends the actions the arm is
+committed to with each request, so the new chunk continues them (real-time chunking); async
+switches naively, async-ensemble averages, sync stops the arm while the model thinks. The policy must have been trained on the same camera names and joint order (LeRobot's
 SO-100 datasets: shoulder_pan, shoulder_lift, elbow_flex, wrist_flex, wrist_roll, gripper).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-from vla0.client import PolicyClient
+from vla0_client import EXECUTION_MODES, PolicyClient, RealTimeLoop
 
 
 def make_robot(port: str, robot_id: str, cameras: dict[str, str], width: int, height: int, fps: int):
@@ -44,7 +46,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--task", required=True)
-    ap.add_argument("--fps", type=float, default=10.0, help="control rate cap; inference latency may lower it")
+    ap.add_argument("--fps", type=float, default=10.0, help="control rate")
+    ap.add_argument("--execution", default="rtc", choices=EXECUTION_MODES, help="how chunks run while the model thinks")
+    ap.add_argument("--latency-steps", type=int, default=None,
+                    help="inference latency in control steps (default: measured, the slowest of the last 10)")
     ap.add_argument("--seconds", type=float, default=60.0)
     args = ap.parse_args()
 
@@ -58,21 +63,24 @@ def main() -> None:
     if meta["action_dim"] != len(joints):
         raise SystemExit(f"the policy acts in {meta['action_dim']} dimensions; the arm has {len(joints)} joints")
 
+    def observe() -> dict:
+        raw = robot.get_observation()
+        obs = {f"observation.images.{cam}": np.asarray(raw[cam], np.uint8) for cam in cameras}
+        obs["observation.state"] = np.array([raw[j] for j in joints], np.float32)
+        obs["task"] = args.task
+        return obs
+
+    loop = RealTimeLoop(client, fps=args.fps, execution=args.execution, latency_steps=args.latency_steps)
     robot.connect()
-    client.reset()  # a new episode: no ensembling history from a previous run
+    loop.reset()  # a new episode: no chunks from a previous run
     try:
-        end = time.monotonic() + args.seconds
-        while time.monotonic() < end:
-            start = time.monotonic()
-            raw = robot.get_observation()
-            obs = {f"observation.images.{cam}": np.asarray(raw[cam], np.uint8) for cam in cameras}
-            obs["observation.state"] = np.array([raw[j] for j in joints], np.float32)
-            obs["task"] = args.task
-            reply = client.infer(obs)
-            robot.send_action({j: float(a) for j, a in zip(joints, reply["action"])})
-            time.sleep(max(0.0, 1.0 / args.fps - (time.monotonic() - start)))
+        loop.run(observe, lambda action: robot.send_action({j: float(a) for j, a in zip(joints, action)}),
+                 steps=int(args.seconds * args.fps))
+        print(f"inference latency, last requests: {[round(s, 3) for s in loop.latencies]} s; "
+              f"executor: {loop.executor.episode_stats(0)}")
     finally:
         robot.disconnect()
+        loop.close()
         client.close()
 
 

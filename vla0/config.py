@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from vla0_client.executor import check_latency
 
 POLICY_FILE = "vla0_policy.json"
 IMAGE_PREFIX = "observation.images."
@@ -49,6 +50,8 @@ class PolicyConfig:
     ensemble: int = 8  # chunks averaged per step (temporal ensembling); 1 = off
     ensemble_decay: float = 0.0  # ALOHA's exp(-decay * i) weights; 0 = uniform
     ensemble_weights: str = "exponential"  # or "vla0": newest chunk 1.0, older ones 0.5 (VLA-0's code)
+    execution: str = "sync"  # sync | async | async-ensemble | rtc (vla0_client.executor)
+    latency_steps: int = 0  # control steps a prediction takes, simulated in evaluation (0: none)
     # -- provenance, for the record: nothing reads it back --
     base_model: str = ""  # what training started from (an adapter loads on top of it)
     dataset: str = ""
@@ -79,6 +82,7 @@ class PolicyConfig:
         if (self.head == "flow") != bool(self.flow_expert):
             raise ValueError("a flow-head policy needs flow_expert settings, and only a flow-head policy has them")
         check_execution(self.n_action_steps, self.ensemble, self.chunk_size)
+        check_latency(self.latency_steps, self.chunk_size, self.execution)
         if self.ensemble_weights not in ("exponential", "vla0"):
             raise ValueError(f"ensemble_weights must be 'exponential' or 'vla0', got {self.ensemble_weights!r}")
 

@@ -88,6 +88,19 @@ class ActionProcessor:
         encoded = self.codec.encode(actions)
         return self.encoder.action_ids(encoded) if self.action_format == "text" else encoded
 
+    def prefix_tokens(self, actions: np.ndarray) -> list[int]:
+        """The tokens that begin an output whose first rows are `actions` ((d, D), d < H): each
+        number spelt as the model writes it, followed by its separator (a number always follows).
+        Real-time chunking forces them (vla0.policy.fast_decode, `forced`)."""
+        actions = np.asarray(actions, np.float64).reshape(-1, self.config.action_dim)
+        if len(actions) >= self.config.chunk_size:
+            raise ValueError(f"a forced prefix of {len(actions)} steps leaves nothing of a "
+                             f"{self.config.chunk_size}-step chunk to decode")
+        out: list[int] = []
+        for v in np.asarray(self.codec.to_bins(actions)).reshape(-1):
+            out += self.grammar.spell(int(v)) + self.grammar.separator
+        return out
+
     def require_format(self, action_format: str, who: str) -> None:
         """For code that only handles one action format: one clear error for the other."""
         if self.action_format != action_format:

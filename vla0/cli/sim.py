@@ -9,6 +9,7 @@ from pathlib import Path
 from vla0.model.compile import COMPILE_MODES
 from vla0.model.quantize import QUANTIZE_MODES
 from vla0.options import add_options, build, option
+from vla0_client.executor import EXECUTION_MODES, check_latency
 
 
 @dataclass
@@ -56,6 +57,11 @@ class EvalConfig:
     ensemble: int | None = option(None, "override the policy's temporal ensembling window")
     n_action_steps: int | None = option(None, "override the steps executed per prediction",
                                         aliases=("--action-horizon",))
+    execution: str = option("sync", "how chunks run while the model thinks: sync (the robot waits), async (switch "
+                            "to the new chunk on arrival), async-ensemble (average arrived chunks), rtc (real-time "
+                            "chunking)", choices=EXECUTION_MODES)
+    latency_steps: int = option(0, "simulated inference latency in control steps: the env keeps stepping with "
+                                "planned actions meanwhile (0: none, today's evaluation)")
     temperature: float = option(0.0, "0 = greedy; > 0 samples the grammar-masked distribution RL optimises")
     decoder: str = option("fast", "greedy decoding: the exact fast decoder or plain HF generate",
                           choices=("fast", "generate"))
@@ -116,7 +122,8 @@ def load_eval_policy(cfg: EvalConfig, family):
     from vla0.eval.baselines import ExpertPolicy, RandomPolicy
     if cfg.server:
         from vla0.client import RemotePolicy
-        remote = RemotePolicy(cfg.server, api_key=cfg.api_key)
+        remote = RemotePolicy(cfg.server, api_key=cfg.api_key, execution=cfg.execution,
+                              latency_steps=cfg.latency_steps)
         return remote, (remote.metadata["cameras"], remote.metadata.get("camera_shapes", {}))
     if cfg.policy == "random":
         return RandomPolicy.for_env(family, seed=cfg.seed), None
@@ -127,8 +134,8 @@ def load_eval_policy(cfg: EvalConfig, family):
     import torch
 
     from vla0.policy.policy import VLA0Policy
-    options = dict(ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps, temperature=cfg.temperature,
-                   dtype=getattr(torch, cfg.dtype),
+    options = dict(ensemble=cfg.ensemble, n_action_steps=cfg.n_action_steps, execution=cfg.execution,
+                   latency_steps=cfg.latency_steps, temperature=cfg.temperature, dtype=getattr(torch, cfg.dtype),
                    fast_decode=cfg.decoder == "fast", relaxed_k=cfg.relaxed_k, quantize=cfg.quantize,
                    quantize_vision=cfg.quantize_vision, compile_mode=cfg.compile)
     if cfg.policy_gpus is not None:
@@ -154,6 +161,7 @@ def cmd_eval(args) -> None:
     first_seed = cfg.seed if cfg.seed is not None else family.eval_seed
     if first_seed is not None:
         family.check_seeds(first_seed, cfg.episodes, env_options(cfg, family))
+    check_latency(cfg.latency_steps, None, cfg.execution)  # against the chunk size once the policy is read
     if cfg.ray is not None:
         from vla0.envs.ray_pool import require_ray
         require_ray()

@@ -93,6 +93,14 @@ def _runtime(policy) -> dict:
     return {"device": str(device) if device is not None else None, "dtype": dtype}
 
 
+def _smoothness(records: list[dict]) -> dict:
+    """Means over a task's episodes of what the chunk executor measured (when it did)."""
+    keys = ("mean_boundary_jump", "total_jerk", "stall_steps")
+    if not records or not all(k in r for r in records for k in keys):
+        return {}
+    return {k: float(np.mean([r[k] for r in records])) for k in keys}
+
+
 def evaluate(
     policy: Policy,
     tasks: list[str],
@@ -132,7 +140,7 @@ def evaluate(
     for attr in ("name", "reset", "needs_images"):
         if not hasattr(policy, attr):
             raise ValueError(f"evaluate: policy {type(policy).__name__} lacks {attr!r} (see vla0.eval.evaluate.Policy)")
-    config = getattr(policy, "config", None)
+    config = config_obj = getattr(policy, "config", None)
     # a local policy's config, or what a served policy announced on connect (vla0.client)
     action_dim = getattr(config, "action_dim", None) or (getattr(policy, "metadata", None) or {}).get("action_dim")
     if action_dim is not None:
@@ -153,6 +161,8 @@ def evaluate(
                 "cameras": list(cameras), "image_size": list(image_size),
                 "env_options": options, "max_episode_steps": max_episode_steps,
                 "temperature": getattr(policy, "temperature", None)}
+    if config is None and hasattr(policy, "execution"):  # a served policy executes chunks here
+        settings.update(execution=policy.execution, latency_steps=policy.latency_steps)
     settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
     finished = _finished_episodes(out, settings)
     write_json_atomic(settings, out / SETTINGS_FILE)
@@ -172,6 +182,8 @@ def evaluate(
                 rec = {"task": task, "episode": res.job.seed - seed, "seed": res.job.seed,
                        **family.episode_fields(task, res.job.seed, options), "success": res.success,
                        "steps": res.steps}
+                if hasattr(policy, "episode_stats"):  # smoothness of what was executed (chunk executor)
+                    rec.update(policy.episode_stats(res.slot))
                 if res.observations:
                     name = f"{task.replace('/', '_')}_seed{res.job.seed}_{'success' if res.success else 'fail'}.mp4"
                     frames = [{k: v for k, v in o.items() if k.startswith("observation.images.")}
@@ -186,7 +198,7 @@ def evaluate(
             if jobs:
                 runner.run(jobs, policy, on_end=on_end)
             task_records = [finished[(task, s)] for s in seeds]
-            per_task[task] = {**_summary(task_records),
+            per_task[task] = {**_summary(task_records), **_smoothness(task_records),
                               "malformed_outputs": int(getattr(policy, "malformed_outputs", 0)) - malformed_before,
                               **family.task_fields(task)}
             records += task_records
@@ -206,6 +218,9 @@ def evaluate(
         "policy": policy.name,
         **_runtime(policy),
         "protocol": options.get("protocol"),
+        # how chunks were executed: vla0_client.executor (sync and 0 for policies without chunks)
+        "execution": getattr(config_obj, "execution", None) or getattr(policy, "execution", "sync"),
+        "latency_steps": int(getattr(config_obj, "latency_steps", None) or getattr(policy, "latency_steps", 0)),
         "env": env,
         "seed": seed,
         "episodes_per_task": episodes,

@@ -76,11 +76,14 @@ class ActionDecoder:
 
     # -- greedy ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def greedy(self, prompts: list[Encoded], drafts=None) -> list[list[int]]:
+    def greedy(self, prompts: list[Encoded], drafts=None, forced=None) -> list[list[int]]:
         """Greedy token ids per prompt (ending with <|im_end|>). drafts[i]: guessed numbers for the
-        fast decoder (see draft_candidates); ignored by `generate`."""
+        fast decoder (see draft_candidates); ignored by `generate`. forced[i]: tokens the output
+        must begin with (real-time chunking; the fast decoder's `forced`), included in the result."""
         if self.fast is not None:
-            return self.fast.decode_ids(prompts, drafts)
+            return self.fast.decode_ids(prompts, drafts, forced)
+        if forced is not None and any(forced):
+            raise ValueError("forced prefixes (real-time chunking) need the fast decoder (--decoder fast)")
         device = self._device()
         batch = {k: v.to(device) for k, v in collate(prompts, self.processor.pad_id, padding_side="left").items()}
         width = batch["input_ids"].shape[1]

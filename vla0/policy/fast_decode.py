@@ -122,15 +122,22 @@ class FastDecoder(Drafter, CachedForward):
         self.stats = dict.fromkeys(self.STAT_KEYS, 0)
 
     @torch.no_grad()
-    def decode_ids(self, prompts, drafts=None) -> list[list[int]]:
+    def decode_ids(self, prompts, drafts=None, forced=None) -> list[list[int]]:
         """Generated token ids per prompt, ending with <|im_end|>. drafts[i]: None, a list of
         guessed numbers for the new chunk (any length; e.g. the previous chunk's bins[1:]
-        flattened), or a list of such lists (alternatives, the first preferred)."""
+        flattened), or a list of such lists (alternatives, the first preferred).
+        forced[i]: tokens the output must start with (real-time chunking: the actions committed
+        while this chunk was computed). They are fed with the prompt in the prefill, as if the
+        model had written them, and the grammar continues from there: what follows is exactly
+        the greedy continuation of that prefix. Returned tokens include them."""
         if not prompts:
             return []
         drafts = list(drafts) if drafts is not None else [None] * len(prompts)
         if len(drafts) != len(prompts):
             raise ValueError(f"{len(drafts)} drafts for {len(prompts)} prompts")
+        forced = [list(f or []) for f in forced] if forced is not None else [[] for _ in prompts]
+        if len(forced) != len(prompts):
+            raise ValueError(f"{len(forced)} forced prefixes for {len(prompts)} prompts")
         call = dict.fromkeys(self.STAT_KEYS, 0)
         call["chunks"] = len(prompts)
         lm = self.model.model.language_model
@@ -148,11 +155,19 @@ class FastDecoder(Drafter, CachedForward):
         # --- prefill: the prompt after the cached prefix, plus each row's draft ---------------
         B = len(prompts)
         ctx_ids, ctx_pos = [], []
-        for row, p in zip(rows, prompts):
+        for row, p, f in zip(rows, prompts, forced):
             pos = self._rope_positions(p, device)  # (3, len)
-            ctx_ids.append(list(p.input_ids[prefix_len:]))
-            ctx_pos.append(pos[:, prefix_len:].cpu().numpy())
             row.pos = int(pos.max()) + 1
+            # a forced prefix continues the text positions after the prompt, as generated tokens do
+            ctx_ids.append(list(p.input_ids[prefix_len:]) + f)
+            ctx_pos.append(np.concatenate([pos[:, prefix_len:].cpu().numpy(),
+                                           np.broadcast_to(np.arange(row.pos, row.pos + len(f)), (3, len(f)))], axis=1))
+            for t in f:
+                if row.state[2] or t not in self.fsm.allowed(row.state):
+                    raise ValueError(f"forced prefix token {t} is not allowed by the action grammar after "
+                                     f"{len(row.tokens)} tokens (state {row.state})")
+                self._commit(row, t, cached=True)
+            row.pos += len(f)
         if prefix_kv is not None:
             cache = KVCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv])
             valid = torch.ones(B, prefix_len, dtype=torch.bool, device=device)

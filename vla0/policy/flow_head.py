@@ -197,15 +197,22 @@ class FlowHead:
         self.chunk_shape = (config.chunk_size, config.action_dim)
 
     @torch.no_grad()
+    def conditioning(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The VLM's states the expert reads (once per observation) and their padding mask."""
+        states, pad = vlm_states(self.vlm_model, batch, self.expert.cfg.vlm_layers)
+        dtype = self.expert.action_in.weight.dtype  # the expert may run at another precision than the VLM
+        return [s.to(dtype) for s in states], pad
+
+    def initial_noise(self, n: int, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn((n, *self.chunk_shape), generator=generator, device=generator.device if generator else "cpu")
+        return noise.to(like.device, self.expert.action_in.weight.dtype)
+
+    @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                 num_steps: int | None = None) -> np.ndarray:
         """(B, H, D) actions in the dataset's units (not yet clipped)."""
-        states, pad = vlm_states(self.vlm_model, batch, self.expert.cfg.vlm_layers)
-        dtype = self.expert.action_in.weight.dtype  # the expert may run at another precision than the VLM
-        states = [s.to(dtype) for s in states]
-        n = batch["input_ids"].shape[0]
-        noise = torch.randn((n, *self.chunk_shape), generator=generator, device=generator.device if generator else "cpu")
-        noise = noise.to(states[0].device, dtype)
+        states, pad = self.conditioning(batch)
+        noise = self.initial_noise(batch["input_ids"].shape[0], generator, states[0])
         x = euler_integrate(lambda x_t, t: self.expert(x_t, t, states, pad), noise,
                             num_steps or self.expert.cfg.num_steps)
         return self.normalizer.unnormalize(x.float().cpu().numpy())

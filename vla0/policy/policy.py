@@ -29,7 +29,7 @@ from vla0.policy.flow_head import FlowExpert, FlowHead, load_expert
 from vla0.processor import ActionProcessor
 from vla0.prompt import collate
 
-EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay", "ensemble_weights")
+EXECUTION_FIELDS = ("n_action_steps", "ensemble", "ensemble_decay", "ensemble_weights", "execution", "latency_steps")
 
 
 def resolve_policy_dir(path: str | os.PathLike) -> Path:
@@ -115,7 +115,8 @@ class VLA0Policy:
                                                          fast=fast_decode and temperature == 0, **options)
         self.flow = FlowHead(vlm.model, expert.to(self.device).eval(), config) if expert else None
         self.executor = ChunkExecutor(config.ensemble, config.ensemble_decay, config.n_action_steps,
-                                      config.action_bounds, config.ensemble_weights)
+                                      config.action_bounds, config.ensemble_weights, config.execution,
+                                      config.latency_steps, config.chunk_size)
         self.malformed_outputs = 0
         self.on_chunk = None
         self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk
@@ -160,20 +161,40 @@ class VLA0Policy:
             self._last_bins.pop(int(i), None)
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs: dict, env_ids=None) -> np.ndarray:
+    def predict_action_chunk(self, obs: dict, env_ids=None, prefix=None, committed_steps=None) -> np.ndarray:
         """(B, H, D) float32 chunks, clipped to the dataset's action bounds. With env_ids, each
-        env's previous chunk (shifted by the steps executed since) drafts its new one."""
+        env's previous chunk (shifted by the steps executed since) drafts its new one.
+        Real-time chunking: prefix[i] (k, D) is row i's plan from this observation's step on,
+        committed_steps[i] how many of its rows run while this chunk is computed. The text head
+        decodes with those rows forced (exactly: the rest is the greedy continuation, under the
+        grammar); the flow head inpaints them with RTC's guidance (vla0.policy.rtc)."""
         frames, tasks = self.processor.observation_frames(obs)
         prompts = [self.processor.prompt(f, t) for f, t in zip(frames, tasks)]
+        if prefix is not None:
+            committed_steps = [0] * len(prompts) if committed_steps is None else [int(d) for d in committed_steps]
+            if len(prefix) != len(prompts) or len(committed_steps) != len(prompts):
+                raise ValueError(f"{len(prefix)} prefixes and {len(committed_steps)} committed counts for "
+                                 f"{len(prompts)} observations")
         if self.flow is not None:  # one prefill + the expert's integration steps
             batch = {k: v.to(self.device) for k, v in collate(prompts, self.processor.pad_id, "right").items()}
+            if prefix is not None:
+                from vla0.policy.rtc import predict_rtc
+                return self.processor.clip(predict_rtc(self.flow, batch, prefix, committed_steps, self.generator))
             return self.processor.clip(self.flow.predict(batch, self.generator))
+        forced = None
+        if prefix is not None and any(committed_steps):
+            D = self.config.action_dim
+            forced = [self.processor.prefix_tokens(np.asarray(p, np.float32).reshape(-1, D)[:d]) if d else []
+                      for p, d in zip(prefix, committed_steps)]
+            if self.temperature > 0:
+                raise ValueError("real-time chunking of the text head forces the committed actions into "
+                                 "greedy decoding; sampling (temperature > 0) is not supported with it")
         if self.temperature > 0:
             samples = self.decoder.sample(prompts, self.temperature, self.generator)
             tokens, logprobs = [s.tokens for s in samples], [s.logprobs for s in samples]
         else:
             drafts = None if env_ids is None else [self._draft(int(e)) for e in env_ids]
-            tokens, logprobs = self.decoder.greedy(prompts, drafts), None
+            tokens, logprobs = self.decoder.greedy(prompts, drafts, forced), None
         chunks = []
         for j, toks in enumerate(tokens):
             decoded = self.processor.decode(toks)
@@ -189,6 +210,10 @@ class VLA0Policy:
         """Per env: will the next select_action predict a chunk, i.e. read the observation?
         Between chunks it only pops queued actions, so an env need not render those frames."""
         return [self.executor.needs_chunk(e) for e in env_ids]
+
+    def episode_stats(self, env_id: int) -> dict:
+        """What env_id executed since its reset: chunk-boundary jumps, jerk, stalls (the executor's)."""
+        return self.executor.episode_stats(env_id)
 
     def select_action(self, obs: dict, env_ids=None) -> np.ndarray:
         """(B, D): the next action per environment, after temporal ensembling."""

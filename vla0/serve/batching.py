@@ -130,7 +130,11 @@ class Batcher:
 
     def _predict(self, observations: list[Observation]) -> np.ndarray:
         self.calls += 1
-        chunks = np.asarray(self.predict(collate(observations)), dtype=np.float32)
+        rtc = {}
+        if any(o.prefix is not None for o in observations):  # real-time chunking (see validation)
+            rtc = {"prefix": [o.prefix if o.prefix is not None else np.zeros((0, 0), np.float32) for o in observations],
+                   "committed_steps": [o.committed_steps for o in observations]}
+        chunks = np.asarray(self.predict(collate(observations), **rtc), dtype=np.float32)
         if chunks.ndim != 3 or chunks.shape[0] != len(observations):
             raise RuntimeError(f"policy returned {chunks.shape} for a batch of {len(observations)}")
         return chunks

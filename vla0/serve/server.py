@@ -129,7 +129,8 @@ class PolicyServer:
             "image_size": pc.image_size, "image_layout": pc.image_layout, "camera_shapes": pc.camera_shapes,
             "action_bounds": {"min": list(pc.action_stats["min"]), "max": list(pc.action_stats["max"])},
             "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "n_action_steps": pc.n_action_steps,
-            "ensemble_weights": pc.ensemble_weights,
+            "ensemble_weights": pc.ensemble_weights, "execution": pc.execution, "latency_steps": pc.latency_steps,
+            "real_time_chunking": True,  # requests may carry prefix_actions / committed_steps
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
             "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
         }
@@ -277,7 +278,8 @@ class PolicyServer:
         """One step of a session (or a stateless /act request): validate, run the model when a new
         chunk is due (or asked for), and execute the session's chunks for this step."""
         obs = self.spec.parse(raw, session.state_dim if session else None)
-        due = session is None or new_chunk or session.executor.needs_chunk(0)
+        # a request carrying the robot's plan (real-time chunking) always asks for a new chunk
+        due = session is None or new_chunk or obs.prefix is not None or session.executor.needs_chunk(0)
         timing = {"queue_ms": 0.0, "infer_ms": 0.0, "batch_size": 0}
         if due:
             try:

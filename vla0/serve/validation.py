@@ -10,6 +10,10 @@ mapped as follows (see `key_mapping`):
     observation/<cam>, observation/<cam>_image -> observation.images.<cam>
     observation/state        -> observation.state
     prompt                   -> task
+
+Real-time chunking (vla0_client.executor, mode "rtc"): a request may carry `prefix_actions`, the
+robot's plan from this observation's step on ((k, D) floats, k <= H), and `committed_steps`, how
+many of its rows run while this request is computed (0 <= committed_steps <= k, < H).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from vla0.config import IMAGE_PREFIX, PolicyConfig
 
 STATE, TASK = "observation.state", "task"
+PREFIX, COMMITTED = "prefix_actions", "committed_steps"
 MAX_TASK_CHARS = 2000
 MAX_STATE_DIM = 4096
 
@@ -42,6 +47,8 @@ class Observation:
     images: dict[str, np.ndarray]  # full key -> (h, w, 3) uint8
     task: str
     state: np.ndarray | None = None  # (S,) float32
+    prefix: np.ndarray | None = None  # (k, D) float32: the robot's plan (real-time chunking)
+    committed_steps: int = 0  # rows of prefix executed while this request is computed
 
     @property
     def signature(self) -> tuple:
@@ -73,6 +80,7 @@ class ObservationSpec:
         self.max_image_side = max_image_side
         # tiling cameras side by side needs equal heights unless the policy resizes them first
         self.equal_heights = config.image_layout == "tile" and not config.image_size
+        self.chunk_size, self.action_dim = config.chunk_size, config.action_dim
 
     def parse(self, raw, state_dim: int | None = None) -> Observation:
         """state_dim: the expected state length when the server was not told one (e.g. the
@@ -87,7 +95,7 @@ class ObservationSpec:
             if canon in obs:
                 raise RequestError("duplicate_key", f"{key!r} and another key both give {canon!r}")
             obs[canon] = value
-        unknown = sorted(k for k in obs if k not in (*self.image_keys, STATE, TASK))
+        unknown = sorted(k for k in obs if k not in (*self.image_keys, STATE, TASK, PREFIX, COMMITTED))
         if unknown:
             cams = [k for k in unknown if k.startswith(IMAGE_PREFIX) or k.startswith("observation/")]
             code = "unknown_camera" if cams else "unknown_key"
@@ -101,7 +109,32 @@ class ObservationSpec:
         if self.equal_heights and len({im.shape[0] for im in images.values()}) > 1:
             raise RequestError("bad_image", "cameras are tiled side by side, so they need equal heights; got "
                                + ", ".join(f"{k} {im.shape}" for k, im in images.items()))
-        return Observation(images, self._task(obs.get(TASK)), self._state(obs.get(STATE), state_dim))
+        prefix, committed = self._prefix(obs.get(PREFIX), obs.get(COMMITTED))
+        return Observation(images, self._task(obs.get(TASK)), self._state(obs.get(STATE), state_dim), prefix, committed)
+
+    def _prefix(self, prefix, committed) -> tuple[np.ndarray | None, int]:
+        H, D = self.chunk_size, self.action_dim
+        want = f"expected a (k, {D}) float array with k <= {H} (the chunk size)"
+        if prefix is None:
+            if committed not in (None, 0):
+                raise RequestError("bad_prefix", f"{COMMITTED!r} given without {PREFIX!r}: {want}")
+            return None, 0
+        try:
+            arr = np.asarray(prefix, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RequestError("bad_prefix", f"{PREFIX}: {want}, got {type(prefix).__name__}") from None
+        if arr.size == 0:
+            arr = arr.reshape(0, D)
+        if arr.ndim != 2 or arr.shape[1] != D or arr.shape[0] > H:
+            raise RequestError("bad_prefix", f"{PREFIX}: {want}, got shape {tuple(arr.shape)}")
+        if not np.isfinite(arr).all():
+            raise RequestError("bad_prefix", f"{PREFIX}: contains NaN or infinity")
+        committed = 0 if committed is None else committed
+        if isinstance(committed, bool) or not isinstance(committed, (int, np.integer)) \
+                or not 0 <= committed <= min(len(arr), H - 1):
+            raise RequestError("bad_prefix", f"{COMMITTED}: expected an integer in 0..{min(len(arr), H - 1)} "
+                                             f"(rows of {PREFIX}, below the chunk size {H}), got {committed!r}")
+        return arr.astype(np.float32), int(committed)
 
     def _image(self, key: str, im) -> np.ndarray:
         if not isinstance(im, np.ndarray):

@@ -6,7 +6,7 @@ no torch, transformers or MuJoCo). `pip install packages/vla0-client` from a vla
     action = client.infer({"observation.images.front": rgb, "task": "pick the cube"})["action"]
 """
 
-from vla0_client.client import PolicyClient, RemotePolicy, ServerError
-from vla0_client.executor import ChunkExecutor
+from vla0_client.client import PolicyClient, RealTimeLoop, RemotePolicy, ServerError
+from vla0_client.executor import EXECUTION_MODES, ChunkExecutor
 
-__all__ = ["ChunkExecutor", "PolicyClient", "RemotePolicy", "ServerError"]
+__all__ = ["EXECUTION_MODES", "ChunkExecutor", "PolicyClient", "RealTimeLoop", "RemotePolicy", "ServerError"]

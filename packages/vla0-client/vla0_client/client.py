@@ -6,13 +6,21 @@ Policy protocol, one session per environment). Needs only numpy, msgpack and web
     reply["action"]   # the next action: this session's chunks executed as the policy says
     reply["actions"]  # (H, D): the chunk it came from; reply["inferred"]: whether the model ran
     client.reset()    # new episode: clears this session's ensembling history
+
+On a robot, RealTimeLoop keeps the arm moving while the server thinks: inference runs in a
+background thread, overlapping with execution, and chunks are executed in one of the executor's
+modes (sync, async, async-ensemble, rtc; vla0_client.executor):
+
+    loop = RealTimeLoop(PolicyClient(url), fps=30, execution="rtc")
+    loop.run(get_observation, send_action, steps=600)   # or loop.step(obs) once per control tick
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -132,20 +140,21 @@ class RemotePolicy:
     server does not report it per request."""
     needs_images = True
 
-    def __init__(self, url: str, api_key: str | None = None, name: str = "vla0-remote", max_workers: int = 32):
+    def __init__(self, url: str, api_key: str | None = None, name: str = "vla0-remote", max_workers: int = 32,
+                 execution: str | None = None, latency_steps: int = 0):
+        """execution: the executor's mode (default: the server's); latency_steps: simulated
+        inference latency in control steps (evaluation)."""
         self.url, self.api_key, self.name = url, api_key, name
         self.malformed_outputs = 0
         self._clients: dict[int, PolicyClient] = {}
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="vla0-remote")
         self.metadata = self._client(-1).metadata  # fail early on a wrong url or key
         self._clients.pop(-1).close()
-        meta = self.metadata
-        bounds = meta.get("action_bounds") or {}
-        self.executor = ChunkExecutor(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
-                                      int(meta.get("n_action_steps", meta.get("action_horizon", 1))),  # protocol 1
-                                      (np.asarray(bounds.get("min", -np.inf), np.float32),
-                                       np.asarray(bounds.get("max", np.inf), np.float32)),
-                                      meta.get("ensemble_weights", "exponential"))
+        self.execution = execution or self.metadata.get("execution", "sync")
+        self.latency_steps = latency_steps
+        if self.execution == "rtc" and not self.metadata.get("real_time_chunking"):
+            raise ValueError(f"{url}: this server does not take committed actions (real-time chunking)")
+        self.executor = executor_for(self.metadata, self.execution, latency_steps)
 
     def _client(self, env_id: int) -> PolicyClient:
         if env_id not in self._clients:
@@ -164,11 +173,18 @@ class RemotePolicy:
         """obs batched (one row per env) -> (B, D) float32."""
         return self.executor.select_action(obs, env_ids, self._predict).astype(np.float32)
 
-    def _predict(self, obs: dict, env_ids: list[int]) -> list[np.ndarray]:
-        """One chunk per row, each row from its env's own session (requests sent concurrently)."""
+    def episode_stats(self, env_id: int) -> dict:
+        return self.executor.episode_stats(env_id)
+
+    def _predict(self, obs: dict, env_ids: list[int], prefix=None, committed_steps=None) -> list[np.ndarray]:
+        """One chunk per row, each row from its env's own session (requests sent concurrently).
+        prefix / committed_steps: real-time chunking's plan per row, sent with the request."""
         keys = [k for k in (*self.metadata["image_keys"], "observation.state", "task") if k in obs]
         clients = [self._client(e) for e in env_ids]  # connect sequentially, infer concurrently
         rows = [{k: obs[k] if isinstance(obs[k], str) else obs[k][j] for k in keys} for j in range(len(env_ids))]
+        if prefix is not None:
+            for row, p, d in zip(rows, prefix, committed_steps):
+                row.update(rtc_fields(p, d, self.metadata["action_dim"]))
         # this executor decides when a chunk is due; protocol 3 servers would otherwise answer from
         # the session's own chunk, counting requests rather than steps
         fresh = self.metadata.get("protocol", 1) >= 3
@@ -180,3 +196,103 @@ class RemotePolicy:
             c.close()
         self._clients.clear()
         self._pool.shutdown()
+
+
+def executor_for(meta: dict, execution: str = "sync", latency_steps: int = 0) -> ChunkExecutor:
+    """The chunk executor a server's policy asks for (its metadata), in the given mode."""
+    bounds = meta.get("action_bounds") or {}
+    return ChunkExecutor(int(meta.get("ensemble", 1)), float(meta.get("ensemble_decay", 0.0)),
+                         int(meta.get("n_action_steps", meta.get("action_horizon", 1))),  # protocol 1
+                         (np.asarray(bounds.get("min", -np.inf), np.float32),
+                          np.asarray(bounds.get("max", np.inf), np.float32)),
+                         meta.get("ensemble_weights", "exponential"), execution, latency_steps,
+                         meta.get("chunk_size", meta.get("horizon")))
+
+
+def rtc_fields(plan: np.ndarray, committed: int, action_dim: int) -> dict:
+    """The request fields of real-time chunking: the robot's plan and its committed rows."""
+    plan = np.asarray(plan, np.float32)
+    return {"prefix_actions": plan.reshape(-1, action_dim) if plan.size else np.zeros((0, action_dim), np.float32),
+            "committed_steps": int(committed)}
+
+
+class RealTimeLoop:
+    """A robot's control loop at `fps` with inference overlapped: requests run in a background
+    thread while the arm executes what it already has. One session (env id 0).
+
+    Each tick, step(obs) (1) takes a chunk that has arrived (its rows are indexed from the step its
+    observation was taken at, so the time it took is skipped), (2) launches a request when one is
+    due and none is in flight, with the robot's plan and committed rows in rtc mode, and (3)
+    returns this step's action. When nothing is left to execute (the first chunk; in sync mode
+    every chunk) it waits for the request: the robot pauses. The latency used for the committed
+    rows is latency_steps if given, else measured: the slowest of the last 10 requests, in steps."""
+
+    def __init__(self, client: PolicyClient, fps: float, execution: str = "rtc", latency_steps: int | None = None):
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        meta = client.metadata
+        if execution == "rtc" and not meta.get("real_time_chunking"):
+            raise ValueError(f"{client.url}: this server does not take committed actions (real-time chunking)")
+        self.client, self.fps, self.execution = client, fps, execution
+        self.chunk_size, self.action_dim = int(meta["chunk_size"]), int(meta["action_dim"])
+        self.fixed_latency = latency_steps
+        self.executor = executor_for(meta, execution, latency_steps or 0)
+        self.latencies: list[float] = []  # seconds per request, newest last
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vla0-rtc")
+        self._future: Future | None = None
+
+    def reset(self) -> None:
+        """A new episode: forget the chunks (a request in flight is dropped)."""
+        self._drop()
+        self.executor.reset()
+        self.client.reset()
+
+    def step(self, obs: dict) -> np.ndarray:
+        """obs: one unbatched observation (the newest); returns the (D,) action to send now."""
+        ex = self.executor
+        self._collect(block=False)
+        if self._future is None and ex.needs_chunk(0):
+            request = dict(obs)
+            if self.execution == "rtc":
+                request.update(rtc_fields(ex.plan(0), ex.committed_steps(0), self.action_dim))
+            ex.launch(0)
+            self._future = self._pool.submit(self._infer, request, ex.step(0))
+        if self.execution == "sync" or not ex.has_action(0):  # the robot waits for the chunk in flight
+            self._collect(block=True)
+        return ex.pop(0)
+
+    def run(self, get_observation, send_action, steps: int) -> None:
+        """steps ticks at fps: get_observation() -> obs, send_action(action)."""
+        period, next_tick = 1.0 / self.fps, time.monotonic()
+        for _ in range(steps):
+            send_action(self.step(get_observation()))
+            next_tick += period
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+
+    def close(self) -> None:
+        self._drop()
+        self._pool.shutdown()
+
+    def _infer(self, request: dict, launched_at: int):
+        t0 = time.perf_counter()
+        chunk = np.asarray(self.client.infer(request, new_chunk=True)["actions"], np.float32)
+        return chunk, launched_at, time.perf_counter() - t0
+
+    def _collect(self, block: bool) -> None:
+        if self._future is None or not (block or self._future.done()):
+            return
+        chunk, launched_at, seconds = self._future.result()
+        self._future = None
+        self.executor.add(0, chunk, predicted_at=launched_at)
+        self.latencies = (self.latencies + [seconds])[-10:]
+        if self.fixed_latency is None:  # the rows committed next time: this latency, in steps, below H
+            self.executor.set_latency(min(self.chunk_size - 1, math.ceil(max(self.latencies) * self.fps)))
+
+    def _drop(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
+            try:
+                self._future.result()
+            except Exception:  # noqa: BLE001 - a dropped request's failure is nobody's concern
+                pass
+            self._future = None
