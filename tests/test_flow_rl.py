@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from test_rl import FakePool
 from vla0.config import PolicyConfig
 from vla0.model.vlm import load_vlm
-from vla0.policy.flow_head import (EXPERT_FILE, FlowExpert, chain_log_probs, expert_config_for, sample_chain,
+from vla0.policy.flow_head import (EXPERT_FILE, FlowExpert, FlowExpertConfig, chain_log_probs, expert_config_for, sample_chain,
                                    save_expert)
 from vla0.policy.policy import VLA0Policy
 from vla0.rl.trainer import RLConfig, RLTrainer, check_rl_config
@@ -132,3 +132,23 @@ def test_text_options_on_a_flow_policy_and_flow_noise_on_a_text_policy(flow_poli
     flow = _cfg(flow_policy_dir, tmp_path / "a", flow_noise=None)
     check_rl_config(flow)
     assert flow.flow_noise == 0.1 and flow.temperature is None
+
+
+def test_flow_rl_with_expert_inputs_records_and_trains_them(flow_policy_dir, tmp_path):
+    """A policy whose expert reads observation.state: rollouts record it, the learner's ratio
+    (recomputed from the recorded inputs) starts at 1, and the state's encoder trains too."""
+    folder = tmp_path / "flow_state"
+    shutil.copytree(flow_policy_dir, folder)
+    config = PolicyConfig.load(folder)
+    inputs = {"observation.state": {"dim": 4, "mean": [0.0] * 4, "std": [1.0] * 4}}
+    expert_cfg = dataclasses.replace(FlowExpertConfig(**config.flow_expert),
+                                     inputs=inputs)
+    save_expert(FlowExpert(expert_cfg, config.action_dim, config.chunk_size), folder)
+    dataclasses.replace(config, flow_expert=dataclasses.asdict(expert_cfg)).save(folder)
+    trainer = RLTrainer(_cfg(folder, tmp_path / "rl", iterations=1, save_every=100), pool=FakePool())
+    encoder = {n: p.detach().clone() for n, p in trainer.model.input_in.named_parameters()}
+    trajs, _ = trainer.collect()
+    assert all(s.inputs["observation.state"].shape == (4,) for t in trajs for s in t.steps)
+    stats = trainer.learner.update(trajs, np.resize([1.0, -1.0], len(trajs)))
+    assert stats["ratio_mean"] == pytest.approx(1, abs=1e-4)
+    assert any(not torch.equal(p, encoder[n]) for n, p in trainer.model.input_in.named_parameters())

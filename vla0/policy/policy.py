@@ -147,6 +147,11 @@ class VLA0Policy:
         policy.compile_model(compile_mode)
         return policy
 
+    @property
+    def expert_inputs(self) -> list[str]:
+        """Observation keys a flow head's expert reads besides the images (--expert-inputs)."""
+        return self.flow.input_keys if self.flow else []
+
     def compile_model(self, mode: str | None = "default") -> int:
         """torch.compile the VLM's MLPs (text layers and vision blocks) and a flow head's expert
         blocks for inference; attention and the KV cache stay eager (vla0.model.compile says why).

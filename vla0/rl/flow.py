@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vla0.config import PolicyConfig
-from vla0.policy.flow_head import Conditioning, FlowExpert, FlowHead, chain_log_probs, gaussian_entropy, load_expert
+from vla0.policy.flow_head import Conditioning, FlowExpert, chain_log_probs, gaussian_entropy, load_expert, vlm_states
 from vla0.processor import ActionProcessor
 from vla0.prompt import collate
 from vla0.rl.grpo import clipped_surrogate, trajectory_token_weights
@@ -62,7 +62,7 @@ class FlowLearner(Learner):
     def __init__(self, vlm_model, expert: FlowExpert, processor: ActionProcessor, flow_noise: float, **options):
         super().__init__(expert, processor, loss_numbers=None, **options)
         self.decoder = None  # nothing is decoded: the chains carry their own log-probs
-        self.head = FlowHead(vlm_model, expert, processor.config)
+        self.vlm_model = vlm_model
         self.flow_noise = float(flow_noise)
         self.entropy = gaussian_entropy(self.flow_noise, processor.config.chunk_size * processor.config.action_dim)
         self._conditions: dict[int, Conditioning] = {}
@@ -86,9 +86,9 @@ class FlowLearner(Learner):
             part = items[start:start + self.micro_batch]
             prompts = [self.processor.prompt(it.step.frames, it.step.instruction) for it in part]
             batch = {k: v.to(self.device) for k, v in collate(prompts, self.processor.pad_id, "right").items()}
-            cond = self.head.condition(batch)
-            for j, it in enumerate(part):
-                self._conditions[id(it)] = Conditioning([s[j:j + 1] for s in cond.states], cond.pad[j:j + 1])
+            states, pad = vlm_states(self.vlm_model, batch, self.model.cfg.vlm_layers)
+            for j, it in enumerate(part):  # the extra inputs' tokens are the expert's: computed with gradient later
+                self._conditions[id(it)] = Conditioning([s[j:j + 1].float() for s in states], pad[j:j + 1])
 
     def _micro_step(self, micro: list[_Item], n_loss: int) -> dict:
         cond = merge_conditions([self._conditions[id(it)] for it in micro])

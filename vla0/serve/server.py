@@ -131,6 +131,7 @@ class PolicyServer:
             "ensemble": pc.ensemble, "ensemble_decay": pc.ensemble_decay, "n_action_steps": pc.n_action_steps,
             "ensemble_weights": pc.ensemble_weights,
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
+            "expert_inputs": self.spec.expert_inputs,
             "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
         }
         self._sockets: set[web.WebSocketResponse] = set()
