@@ -152,3 +152,20 @@ def test_flow_rl_with_expert_inputs_records_and_trains_them(flow_policy_dir, tmp
     stats = trainer.learner.update(trajs, np.resize([1.0, -1.0], len(trajs)))
     assert stats["ratio_mean"] == pytest.approx(1, abs=1e-4)
     assert any(not torch.equal(p, encoder[n]) for n, p in trainer.model.input_in.named_parameters())
+
+
+def test_standalone_flow_worker_receives_expert_weights(flow_policy_dir, tmp_path):
+    """A worker in another process or on a Ray actor: loads the flow folder, takes the learner's
+    expert weights, and samples the same chains as the learner's own worker."""
+    from vla0.rl.rollout import RolloutJob, RolloutWorker
+    trainer = RLTrainer(_cfg(flow_policy_dir, tmp_path / "w", iterations=1), pool=FakePool())
+    trainer.train()  # the expert now differs from the folder's
+    worker = RolloutWorker.from_policy(flow_policy_dir, trainer.settings, pool=FakePool())
+    worker.set_weights(trainer.learner.weights())
+    jobs = [RolloutJob(0, "reach-v3", 5, 3)]
+    a = worker.run(jobs, torch.Generator().manual_seed(1))
+    trainer.worker._pool = FakePool()
+    b = trainer.worker.run(jobs, torch.Generator().manual_seed(1))
+    assert np.allclose(np.stack([s.chain for t in a for s in t.steps]), np.stack([s.chain for t in b for s in t.steps]),
+                       atol=1e-5)
+    assert np.allclose([s.logprobs for t in a for s in t.steps], [s.logprobs for t in b for s in t.steps], atol=1e-3)
