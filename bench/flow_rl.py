@@ -15,7 +15,8 @@ Phases (each skipped when its output exists in --work, so a cut run resumes):
      update, lr 2e-4 with 16 warm-up steps, 2 epochs x 4 mini-batches, trajectory-mean, rollouts
      capped at 100 steps) and noise --flow-noise per Euler step, for --iterations (the text run's
      15) or --minutes, whichever ends first; paired McNemar test on the same seeds;
-  4. with vs without the state on --state-tasks (the same held-out seeds for both experts).
+  4. the weak text policy on --tasks, greedy (bench/rl.py's "before": is it the same stage 1?);
+  5. with vs without the state on --state-tasks (the same held-out seeds for both experts).
 The text head's RL from the same stage 1 is bench/results/rl.json (read, not re-run): the report
 puts it beside the flow run with each head's success gain per rollout episode.
 """
@@ -79,7 +80,7 @@ def text_head_beside(path: Path) -> dict | None:
         return None
     text = json.loads(path.read_text())
     gain = text["after"]["mean_success_rate"] - text["before"]["mean_success_rate"]
-    return {"source": str(path), "before": text["before"]["mean_success_rate"],
+    return {"source": os.path.relpath(path), "before": text["before"]["mean_success_rate"],
             "after": text["after"]["mean_success_rate"], "paired_greedy": text["paired"]["greedy"],
             "rl_episodes": text["rl"]["episodes"], "rl_iterations": text["rl"]["iterations"],
             "rl_wall_minutes": text["wall_minutes"], "gain_per_1000_episodes": 1000 * gain / text["rl"]["episodes"],
@@ -110,7 +111,7 @@ def main():
     ap.add_argument("--rollout-max-episode-steps", type=int, default=100)
     ap.add_argument("--batch-envs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--skip", type=names, default="", help="phases to leave out: rl, state")
+    ap.add_argument("--skip", type=names, default="", help="phases to leave out: rl, stage1, state")
     ap.add_argument("--work", default="runs/bench_flow_rl")
     ap.add_argument("--out", default=str(RESULTS / "flow_rl.json"))
     ap.add_argument("--text-report", default=str(RESULTS / "rl.json"))
@@ -166,9 +167,17 @@ def main():
                                                     "clip_high", "max_episode_steps", "iterations", "minutes")},
             "curve": [{k: r.get(k) for k in ("iteration", "rollout_success_rate", "kept_fraction", "approx_kl",
                                              "clip_fraction", "ratio_mean", "episodes")} for r in iters],
-            "learning_curve": str(curve)}
+            "learning_curve": os.path.relpath(curve)}
         report["text_rl_same_stage1"] = text_head_beside(Path(args.text_report))
         print(compare_table({"flow before": before, "flow after": after}))
+
+    if "stage1" not in args.skip:  # is this the weak stage 1 bench/rl.py measured? (its "before", greedy)
+        policy = VLA0Policy.from_pretrained(weak, name="weak text policy")
+        cameras, size = render_settings(policy.config)
+        res = evaluate(policy, args.tasks, args.episodes, seed=args.eval_seed, out=work / "eval_text_before", env=ENV,
+                       cameras=cameras, image_size=size, num_workers=args.workers, batch_envs=args.batch_envs,
+                       videos=0, progress=False)
+        report["stage1_text_greedy"] = {t: [r["successes"], r["episodes"]] for t, r in res["tasks"].items()}
 
     if "state" not in args.skip:
         report["stage2_with_state_seconds"] = stage2(args, weak, state_dir, [STATE])["seconds"]
