@@ -201,10 +201,10 @@ def test_text_decoding_options_on_a_flow_policy_fail_before_loading(run, monkeyp
             VLA0Policy.from_pretrained(run.out, **options)
 
 
-def test_rl_refuses_a_flow_head_policy(run, tmp_path):
+def test_rl_refuses_text_sampling_options_on_a_flow_head_policy(run, tmp_path):
     from vla0.rl.trainer import RLConfig, check_rl_config
-    cfg = RLConfig(policy=str(run.out), tasks=["reach-v3"], out=str(tmp_path / "rl"), iterations=1)
-    with pytest.raises(ValueError, match="flow-head policy; GRPO optimises the token"):
+    cfg = RLConfig(policy=str(run.out), tasks=["reach-v3"], out=str(tmp_path / "rl"), iterations=1, temperature=1.6)
+    with pytest.raises(ValueError, match="flow-head policy: --temperature applies to text decoding"):
         check_rl_config(cfg)
 
 

@@ -16,7 +16,7 @@ from vla0.prompt import collate
 from vla0.rl.grpo import (clipped_surrogate, dynamic_sampling, group_advantages, group_outcome, groups_to_launch,
                           is_informative, task_quotas, trajectory_token_weights)
 from vla0.rl.learner import Learner, executed_token_mask
-from vla0.rl.trainer import RLConfig, RLTrainer
+from vla0.rl.trainer import RLConfig, RLTrainer, check_rl_config
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Step, Trajectory
 from vla0.policy.decoder import ActionDecoder
 from vla0.processor import ActionProcessor
@@ -394,6 +394,7 @@ def test_cli_parser_and_config_errors(metaworld_policy_dir, tmp_path):
                               "--out", str(tmp_path / "o"), "--minutes", "5", "--lora-rank", "8"])
     cfg = config_from_args(args)
     assert cfg.tasks == ["reach-v3", "drawer-open-v3"] and cfg.minutes == 5 and cfg.lora_rank == 8
+    check_rl_config(cfg)  # resolves the head's sampling default (text: temperature 1.6)
     assert (cfg.group_size, cfg.groups_per_batch, cfg.temperature, cfg.lr, cfg.warmup_steps, cfg.clip_low,
             cfg.clip_high) == (8, 64, 1.6, 5e-6, 0, 0.2, 0.28)
     for bad, match in [(dict(iterations=None), "--iterations or --minutes"), (dict(group_size=1), "group-size"),

@@ -7,7 +7,7 @@ holds still once done), as LeRobot does when padding action chunks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,12 +20,16 @@ class Sample:
     frames: list[np.ndarray]  # one (h, w, 3) uint8 image per camera
     task: str
     actions: np.ndarray  # (H, D)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # the requested vector features at this frame
 
 
 class ChunkDataset:
-    def __init__(self, data: LeRobotData, image_keys: list[str], horizon: int, frames: FrameSource | None = None):
-        """frames: where camera frames come from (default: data.images, decoded in memory)."""
+    def __init__(self, data: LeRobotData, image_keys: list[str], horizon: int, frames: FrameSource | None = None,
+                 vector_keys: list[str] = ()):
+        """frames: where camera frames come from (default: data.images, decoded in memory);
+        vector_keys: vector features each sample carries (e.g. observation.state for a flow expert)."""
         self.data = data
+        self.vectors = {k: data.state if k == "observation.state" else data.extra[k] for k in vector_keys}
         self.frames = frames or FrameSource(data)
         self.image_keys = image_keys
         self.horizon = horizon
@@ -43,4 +47,5 @@ class ChunkDataset:
             frames=[self.frames(k, i) for k in self.image_keys],
             task=self.data.tasks[int(self.data.task_index[i])],
             actions=self.data.action[rows],
+            vectors={k: v[i] for k, v in self.vectors.items()},
         )

@@ -274,6 +274,12 @@ def state_key_of(info: dict, state_key: str | None = None) -> str | None:
     return next((k for k in STATE_KEYS if k in info["features"]), None)
 
 
+def vector_features(info: dict) -> list[str]:
+    """The float vector features of a dataset (action, observation.state, ...), from its info.json."""
+    return [k for k, f in info["features"].items()
+            if f.get("dtype") in ("float32", "float64") and k != "timestamp" and len(f["shape"]) == 1]
+
+
 def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = True, action_key: str = ACTION,
                  state_key: str | None = None) -> LeRobotData:
     """Load a dataset. cameras: names or full keys; None = all cameras. decode: decode every frame
@@ -290,7 +296,7 @@ def load_lerobot(root: Path, cameras: list[str] | None = None, decode: bool = Tr
     tasks = _read_tasks(root, version)
 
     # Data: read each file once, keep rows in global `index` order.
-    vector_keys = [k for k, f in feats.items() if f.get("dtype") in ("float32", "float64") and k not in ("timestamp",) and len(f["shape"]) == 1]
+    vector_keys = vector_features(info)
     tables = []
     for path in dict.fromkeys(e["data_file"] for e in eps):
         t = pq.read_table(path)

@@ -145,6 +145,12 @@ def evaluate(
     action_dim = getattr(config, "action_dim", None) or (getattr(policy, "metadata", None) or {}).get("action_dim")
     if action_dim is not None:
         family.check_action_dim(action_dim, f"policy {policy.name!r}")
+    # a flow expert trained with --expert-inputs: the env must give them (a served one announces them)
+    inputs = getattr(policy, "expert_inputs", None) or (getattr(policy, "metadata", None) or {}).get("expert_inputs", [])
+    given = (["observation.state"] if family.state_names else []) + list(family.extra_features)
+    if [k for k in inputs if k not in given]:
+        raise ValueError(f"evaluate: policy {policy.name!r} reads {[k for k in inputs if k not in given]} (its "
+                         f"expert's inputs), which {env} observations lack; they give {given}")
     cameras = tuple(family.default_cameras if cameras is None else cameras)
     family.check_cameras(cameras)
     out = Path(out)

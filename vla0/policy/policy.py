@@ -7,7 +7,10 @@ Greedy decoding (temperature 0, the default) is the exact fast decoder; a temper
 the grammar-masked distribution RL optimises. A flow-head policy (config.head == "flow", stage 2)
 runs one VLM prefill and its expert's Euler steps instead of decoding (vla0.policy.flow_head);
 everything around the model (processor, executor, clipping) is the same. `on_chunk`, when set, receives every chunk's
-(env id, frames, task, tokens, log-probs): RL rollouts record their trajectories through it.
+(env id, frames, task, tokens, log-probs): RL rollouts record their trajectories through it. A flow
+head with `flow_noise` > 0 samples noisy Euler chains instead (RL rollouts) and passes on_chunk
+no tokens, the chain's step log-probs, and keywords chain= (K+1, H, D) and inputs= (its extra
+inputs); otherwise it integrates the plain ODE.
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ class VLA0Policy:
                                       config.latency_steps, config.chunk_size)
         self.malformed_outputs = 0
         self.on_chunk = None
+        self.flow_noise = 0.0  # flow head: per-Euler-step noise std for RL rollouts (0: the deterministic ODE)
         self._last_bins: dict[int, np.ndarray] = {}  # env id -> bins (H, D) of its latest chunk
         self.vlm.model.eval()
 
@@ -144,6 +148,11 @@ class VLA0Policy:
         policy = cls(load_policy_vlm(source, dtype, device, quantize, quantize_vision), config, device, **kwargs)
         policy.compile_model(compile_mode)
         return policy
+
+    @property
+    def expert_inputs(self) -> list[str]:
+        """Observation keys a flow head's expert reads besides the images (--expert-inputs)."""
+        return self.flow.input_keys if self.flow else []
 
     def compile_model(self, mode: str | None = "default") -> int:
         """torch.compile the VLM's MLPs (text layers and vision blocks) and a flow head's expert
@@ -176,11 +185,20 @@ class VLA0Policy:
                 raise ValueError(f"{len(prefix)} prefixes and {len(committed_steps)} committed counts for "
                                  f"{len(prompts)} observations")
         if self.flow is not None:  # one prefill + the expert's integration steps
+            inputs = self.flow.observation_inputs(obs)
             batch = {k: v.to(self.device) for k, v in collate(prompts, self.processor.pad_id, "right").items()}
             if prefix is not None:
                 from vla0.policy.rtc import predict_rtc
-                return self.processor.clip(predict_rtc(self.flow, batch, prefix, committed_steps, self.generator))
-            return self.processor.clip(self.flow.predict(batch, self.generator))
+                return self.processor.clip(predict_rtc(self.flow, batch, prefix, committed_steps, self.generator,
+                                                       inputs=inputs))
+            if self.flow_noise <= 0:
+                return self.processor.clip(self.flow.predict(batch, self.generator, inputs=inputs))
+            actions, chains, logprobs = self.flow.sample(batch, self.flow_noise, self.generator, inputs)
+            if env_ids is not None and self.on_chunk is not None:
+                for j, e in enumerate(env_ids):
+                    self.on_chunk(int(e), frames[j], tasks[j], [], logprobs[j].tolist(), chain=chains[j],
+                                  inputs={k: v[j].numpy() for k, v in (inputs or {}).items()})
+            return self.processor.clip(actions)
         forced = None
         if prefix is not None and any(committed_steps):
             D = self.config.action_dim

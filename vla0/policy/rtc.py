@@ -70,14 +70,15 @@ def guided_integrate(velocity_fn, noise: torch.Tensor, num_steps: int, target: t
 @torch.no_grad()
 def predict_rtc(head, batch: dict[str, torch.Tensor], prefix: list[np.ndarray], committed_steps: list[int],
                 generator: torch.Generator | None = None, num_steps: int | None = None,
-                max_guidance: float = MAX_GUIDANCE) -> np.ndarray:
+                max_guidance: float = MAX_GUIDANCE, inputs: dict[str, torch.Tensor] | None = None) -> np.ndarray:
     """(B, H, D) actions in the dataset's units: head (a FlowHead) sampled with RTC guidance.
     prefix[i]: (k_i, D) the robot's plan from the observation's step on (dataset units);
-    committed_steps[i]: how many of its rows run while this chunk is computed."""
+    committed_steps[i]: how many of its rows run while this chunk is computed; inputs: the
+    expert's extra inputs (--expert-inputs), as FlowHead.predict takes them."""
     H, D = head.chunk_shape
-    states, pad = head.conditioning(batch)
+    cond = head.condition(batch, inputs)
     n = batch["input_ids"].shape[0]
-    noise = head.initial_noise(n, generator, states[0])
+    noise = head.initial_noise(n, cond.states[0], generator)
     target = np.zeros((n, H, D), np.float32)
     weights = np.zeros((n, H), np.float32)
     for i, (p, d) in enumerate(zip(prefix, committed_steps)):
@@ -85,7 +86,7 @@ def predict_rtc(head, batch: dict[str, torch.Tensor], prefix: list[np.ndarray], 
         k = min(len(p), H)
         target[i, :k] = head.normalizer.normalize(p[:k])
         weights[i] = soft_mask(H, min(int(d), k), k)
-    x = guided_integrate(lambda x_t, t: head.expert(x_t, t, states, pad), noise,
+    x = guided_integrate(cond.velocity(head.expert), noise,
                          num_steps or head.expert.cfg.num_steps,
                          torch.from_numpy(target).to(noise), torch.from_numpy(weights).to(noise), max_guidance)
     return head.normalizer.unnormalize(x.float().cpu().numpy())

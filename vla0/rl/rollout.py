@@ -45,8 +45,10 @@ class Step:
     """One policy call: what the model saw, what it wrote, and the log-probs it wrote it with."""
     frames: list[np.ndarray]  # uint8 (h, w, 3), one per policy camera, in config.cameras order
     instruction: str
-    tokens: list[int]  # the sampled action text, ending with <|im_end|>
-    logprobs: list[float]  # per token, under the masked tempered rollout distribution
+    tokens: list[int]  # the sampled action text, ending with <|im_end|> (flow head: empty)
+    logprobs: list[float]  # per token, under the masked tempered rollout distribution (flow head: per Euler step)
+    chain: np.ndarray | None = None  # flow head: the sampled noisy Euler chain x_0..x_K, (K+1, H, D) float32
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # flow head: the expert's extra inputs
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RolloutSettings:
     cameras: tuple[str, ...] | None = None  # env cameras to render; None: the policy's
     image_size: tuple[int, int] | None = None  # rendered size; None: what the policy was trained on
     env_options: dict = field(default_factory=dict)  # adapter options (Meta-World: visible_goal)
+    flow_noise: float = 0.1  # flow head: noise std per Euler step (normalised action units); text: unused
 
 
 def render_settings(config: PolicyConfig, cameras=None, image_size=None) -> tuple[tuple[str, ...], tuple[int, int]]:
@@ -94,14 +97,20 @@ class RolloutWorker:
     directly (then set_weights is a cheap self-copy)."""
 
     def __init__(self, model, processor: ActionProcessor, settings: RolloutSettings, pool=None,
-                 num_workers: int = 2, device: str | torch.device = "cpu"):
-        self.model = model
+                 num_workers: int = 2, device: str | torch.device = "cpu", expert=None):
+        """expert: a flow-head policy's action expert; then `model` is its frozen VLM, the expert
+        is what set_weights loads and the rollouts sample noisy Euler chains (settings.flow_noise)."""
+        self.model = expert if expert is not None else model  # the trainable part
         self.settings = settings
         config = dataclasses.replace(processor.config, n_action_steps=settings.n_action_steps or processor.config.n_action_steps,
                                      ensemble=settings.ensemble, ensemble_decay=settings.ensemble_decay)
         self.config = config
         self.policy = VLA0Policy(VLM(model, processor.tokenizer, processor.image_processor), config, device,
-                                 temperature=settings.temperature, name="rollout", processor=processor)
+                                 temperature=0.0 if expert is not None else settings.temperature, name="rollout",
+                                 processor=processor, expert=expert)
+        if expert is not None:
+            model.eval()
+            self.policy.flow_noise = settings.flow_noise
         self.policy.on_chunk = self._record
         self.family = get_env(settings.env)
         self.family.check_action_dim(config.action_dim, "the policy")
@@ -120,15 +129,20 @@ class RolloutWorker:
                     device: str = "cpu") -> "RolloutWorker":
         """A standalone worker (another process or machine): load the policy folder, wrap it in
         the learner's LoRA layout if any, then receive weights through set_weights."""
-        from vla0.policy.policy import load_policy_vlm, resolve_policy_dir
+        from vla0.policy.policy import load_policy_vlm, resolve_policy_dir, vlm_source
         folder = resolve_policy_dir(path)
-        vlm = load_policy_vlm(folder, torch.float32, device)
+        config = PolicyConfig.load(folder)
+        vlm = load_policy_vlm(vlm_source(folder, config), torch.float32, device)
         model = vlm.model
         if lora:
             from peft import LoraConfig, get_peft_model
             model = get_peft_model(model, LoraConfig(**lora))
-        processor = ActionProcessor(PolicyConfig.load(folder), vlm.tokenizer, vlm.image_processor)
-        return cls(model, processor, settings, pool=pool, num_workers=num_workers, device=device)
+        expert = None
+        if config.head == "flow":
+            from vla0.policy.flow_head import load_expert
+            expert = load_expert(config, folder, device)
+        processor = ActionProcessor(config, vlm.tokenizer, vlm.image_processor)
+        return cls(model, processor, settings, pool=pool, num_workers=num_workers, device=device, expert=expert)
 
     # -- weights --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -141,7 +155,8 @@ class RolloutWorker:
         for name, value in weights.items():
             if params[name].data_ptr() != value.data_ptr():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
-        self.policy.decoder.reset()
+        if self.policy.decoder is not None:
+            self.policy.decoder.reset()
 
     # -- environments ---------------------------------------------------------------------------
     @property
@@ -184,9 +199,10 @@ class RolloutWorker:
         """The episode in `slot` lost its env (worker crash) and starts again: drop its calls."""
         self._steps.pop(slot, None)
 
-    def _record(self, slot: int, frames, task: str, tokens: list[int], logprobs: list[float]) -> None:
+    def _record(self, slot: int, frames, task: str, tokens: list[int], logprobs: list[float], chain=None,
+                inputs=None) -> None:
         frames = [np.array(f, dtype=np.uint8) for f in frames]
-        self._steps.setdefault(slot, []).append(Step(frames, task, tokens, logprobs))
+        self._steps.setdefault(slot, []).append(Step(frames, task, tokens, logprobs, chain, dict(inputs or {})))
 
 
 class _Timed:

@@ -27,6 +27,7 @@ from vla0.io import save_folder_atomic, write_text_atomic
 from vla0.options import option
 from vla0.processor import ActionProcessor
 from vla0.rl.curves import plot_rl_curve
+from vla0.rl.flow import DEFAULT_FLOW_NOISE, FlowLearner, load_flow_policy
 from vla0.rl.grpo import group_advantages, group_outcome, groups_to_launch, task_quotas
 from vla0.rl.learner import LOSS_AGGREGATIONS, Learner
 from vla0.rl.rollout import RolloutJob, RolloutSettings, RolloutWorker, Trajectory
@@ -47,7 +48,9 @@ class RLConfig:
     groups_per_batch: int = option(64, "groups with mixed outcomes per update, an equal share per task", group="GRPO")
     max_groups_factor: float = option(4.0, "dynamic sampling gives up on a task after this many x its share "
                                       "of groups", group="GRPO")
-    temperature: float = option(1.6, "rollout sampling temperature", group="GRPO")
+    temperature: float | None = option(None, "rollout sampling temperature (text head; default 1.6)", group="GRPO")
+    flow_noise: float | None = option(None, "flow head: std of the Gaussian noise added at each Euler step of a rollout, "
+                                      "in normalised action units (default 0.1)", group="GRPO")
     lr: float = option(5e-6, group="GRPO")
     warmup_steps: int = option(0, "optimizer steps of linear lr warm-up (0: the recipe's constant lr)", group="GRPO")
     betas: tuple[float, float] = option((0.9, 0.999), group="GRPO")
@@ -117,8 +120,26 @@ def check_rl_config(cfg: RLConfig) -> None:
         raise ValueError(f"--lr must be > 0 and --warmup-steps >= 0, got {cfg.lr} and {cfg.warmup_steps}")
     if cfg.groups_per_batch < 1 or cfg.max_groups_factor < 1:
         raise ValueError("--groups-per-batch must be >= 1 and --max-groups-factor >= 1")
-    if cfg.temperature <= 0:
+    source = PolicyConfig.load(resolve_policy_dir(cfg.policy))
+    if source.head == "flow":  # text decoding options mean nothing to the expert's noisy Euler chains
+        text_options = [flag for flag, given in (("--temperature", cfg.temperature is not None),
+                                                 ("--loss-tokens executed", cfg.loss_tokens != "all"),
+                                                 ("--lora-rank", bool(cfg.lora_rank))) if given]
+        if text_options:
+            raise ValueError(f"--policy {cfg.policy} is a flow-head policy: {', '.join(text_options)} appl"
+                             f"{'ies' if len(text_options) == 1 else 'y'} to text decoding; its rollouts explore "
+                             "with --flow-noise (the std of each Euler step's noise) and only its expert trains")
+        if cfg.flow_noise is not None and cfg.flow_noise <= 0:
+            raise ValueError(f"--flow-noise must be > 0 for sampled rollouts, got {cfg.flow_noise}")
+    elif cfg.flow_noise is not None:
+        raise ValueError(f"--flow-noise applies to flow-head policies; {cfg.policy} is a {source.head}-head policy "
+                         "(it samples at --temperature)")
+    elif cfg.temperature is not None and cfg.temperature <= 0:
         raise ValueError(f"--temperature must be > 0 for sampled rollouts, got {cfg.temperature}")
+    if source.head == "flow":  # defaults resolved here, so rl_config.json records what ran
+        cfg.flow_noise = DEFAULT_FLOW_NOISE if cfg.flow_noise is None else cfg.flow_noise
+    elif cfg.temperature is None:
+        cfg.temperature = 1.6
     if cfg.loss_tokens not in ("all", "executed"):
         raise ValueError(f"--loss-tokens must be 'all' or 'executed', got {cfg.loss_tokens!r}")
     if cfg.loss_agg not in LOSS_AGGREGATIONS:
@@ -133,10 +154,6 @@ def check_rl_config(cfg: RLConfig) -> None:
     if cfg.eval_seed + cfg.eval_episodes > cfg.rollout_seed:
         raise ValueError(f"held-out evaluation seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_episodes - 1} must lie "
                          f"below the rollout seeds ({cfg.rollout_seed} upward): raise --rollout-seed")
-    source = PolicyConfig.load(resolve_policy_dir(cfg.policy))
-    if source.head != "text":
-        raise ValueError(f"--policy {cfg.policy} is a {source.head}-head policy; GRPO optimises the token "
-                         "log-probabilities of a text-action policy")
     out = Path(cfg.out)
     if cfg.resume and latest_checkpoint(out) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {out}/checkpoints")
@@ -155,8 +172,12 @@ class RLTrainer:
         source_config = PolicyConfig.load(self.source)
         resume_from = latest_checkpoint(self.out) if cfg.resume else None
         full_resume = resume_from is not None and not cfg.lora_rank
-        vlm = load_policy_vlm(resume_from if full_resume else self.source, torch.float32, self.device)
-        model = vlm.model
+        self.flow = source_config.head == "flow"
+        if self.flow:  # the frozen VLM and the expert, which is all that trains (vla0.rl.flow)
+            vlm, model = load_flow_policy(self.source, source_config, resume_from, self.device)
+        else:
+            vlm = load_policy_vlm(resume_from if full_resume else self.source, torch.float32, self.device)
+            model = vlm.model
         if cfg.lora_rank:
             from peft import LoraConfig, PeftModel, get_peft_model
             if resume_from:
@@ -174,28 +195,32 @@ class RLTrainer:
                                      training={**source_config.training, "rl": rl_record})
         self.policy_config = config
         self.processor = ActionProcessor(config, vlm.tokenizer, vlm.image_processor)
-        settings = RolloutSettings(temperature=cfg.temperature, n_action_steps=n_action_steps,
+        settings = RolloutSettings(temperature=cfg.temperature or 0.0, n_action_steps=n_action_steps,
                                    ensemble=cfg.ensemble, max_episode_steps=cfg.max_episode_steps,
                                    batch_envs=cfg.batch_envs, env=cfg.env,
                                    cameras=tuple(cfg.cameras) if cfg.cameras else None,
                                    image_size=tuple(cfg.image_size) if cfg.image_size else None,
-                                   env_options={**get_env(cfg.env).training_options, **cfg.env_options()})
+                                   env_options={**get_env(cfg.env).training_options, **cfg.env_options()},
+                                   flow_noise=cfg.flow_noise or 0.0)
         self.settings = settings
         if cfg.ray is not None:  # rollout workers on Ray actors; they start from the source policy
             from vla0.rl.ray_rollout import RayRolloutWorkers
             self.worker = RayRolloutWorkers(self.source, settings, self.lora_kwargs() if cfg.lora_rank else None,
                                             num_actors=cfg.workers, address=cfg.ray)
         else:
-            self.worker = RolloutWorker(model, self.processor, settings, pool=pool, num_workers=cfg.workers,
-                                        device=self.device)
+            self.worker = RolloutWorker(vlm.model if self.flow else model, self.processor, settings, pool=pool,
+                                        num_workers=cfg.workers, device=self.device,
+                                        expert=model if self.flow else None)
         used_rows = min(config.chunk_size, cfg.ensemble * n_action_steps)
-        self.learner = Learner(model, self.processor, lr=cfg.lr, betas=cfg.betas,
-                               weight_decay=cfg.weight_decay, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                               temperature=cfg.temperature, epochs=cfg.epochs, minibatches=cfg.minibatches,
-                               micro_batch=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm,
-                               loss_numbers=used_rows * config.action_dim if cfg.loss_tokens == "executed" else None,
-                               loss_agg=cfg.loss_agg, warmup_steps=cfg.warmup_steps,
-                               seed=cfg.seed, device=self.device)
+        options = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, clip_low=cfg.clip_low,
+                       clip_high=cfg.clip_high, epochs=cfg.epochs, minibatches=cfg.minibatches,
+                       micro_batch=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm, loss_agg=cfg.loss_agg,
+                       warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=self.device)
+        if self.flow:
+            self.learner = FlowLearner(vlm.model, model, self.processor, cfg.flow_noise, **options)
+        else:
+            self.learner = Learner(model, self.processor, temperature=cfg.temperature, loss_numbers=(
+                used_rows * config.action_dim if cfg.loss_tokens == "executed" else None), **options)
         self.iteration = 0
         self.next_group = 0
         self._saved_at = None
@@ -282,8 +307,10 @@ class RLTrainer:
         from vla0.model.vlm import VLM
         from vla0.policy.policy import VLA0Policy
         cfg = self.cfg
-        policy = VLA0Policy(VLM(self.model, self.vlm.tokenizer, self.vlm.image_processor), self.policy_config,
-                            self.device, temperature=0.0, name=f"vla0-rl@{tag}", processor=self.processor)
+        model, expert = (self.vlm.model, self.model) if self.flow else (self.model, None)
+        policy = VLA0Policy(VLM(model, self.vlm.tokenizer, self.vlm.image_processor), self.policy_config,
+                            self.device, temperature=0.0, name=f"vla0-rl@{tag}", processor=self.processor,
+                            expert=expert)  # a flow head evaluates the plain ODE
         res = evaluate(policy, cfg.tasks, cfg.eval_episodes, seed=cfg.eval_seed, out=self.out / "eval" / tag,
                        env=cfg.env, cameras=self.cameras, image_size=self.image_size, num_workers=cfg.workers,
                        batch_envs=cfg.batch_envs, max_episode_steps=cfg.eval_max_episode_steps, videos=0,
@@ -384,6 +411,16 @@ class RLTrainer:
     def _write_policy(self, folder: Path, merged: bool) -> None:
         config = self.policy_config
         model = self.model
+        if self.flow:  # checkpoints: the expert, its VLM named by base_model; the export: both, self-contained
+            from vla0.policy.flow_head import save_expert
+            from vla0.policy.policy import vlm_source
+            save_expert(model, folder)
+            config = dataclasses.replace(config, base_model=str(vlm_source(self.source, config).resolve()))
+            if merged:
+                self.vlm.model.save_pretrained(folder)
+            self.vlm.save_processor(folder)
+            config.save(folder)
+            return
         if self.cfg.lora_rank and merged:
             model = copy.deepcopy(model).merge_and_unload()
         elif self.cfg.lora_rank:

@@ -132,6 +132,7 @@ class PolicyServer:
             "ensemble_weights": pc.ensemble_weights, "execution": pc.execution, "latency_steps": pc.latency_steps,
             "real_time_chunking": True,  # requests may carry prefix_actions / committed_steps
             "state_dim": self.spec.state_dim, "key_mapping": self.spec.mapping,
+            "expert_inputs": self.spec.expert_inputs,
             "max_message_bytes": cfg.max_message_bytes, "batching": cfg.batching, "max_batch": cfg.max_batch,
         }
         self._sockets: set[web.WebSocketResponse] = set()

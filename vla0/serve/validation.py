@@ -81,6 +81,12 @@ class ObservationSpec:
         # tiling cameras side by side needs equal heights unless the policy resizes them first
         self.equal_heights = config.image_layout == "tile" and not config.image_size
         self.chunk_size, self.action_dim = config.chunk_size, config.action_dim
+        # a flow expert trained with --expert-inputs reads them besides the images
+        self.expert_inputs = list(config.flow_expert.get("inputs", {})) if config.flow_expert else []
+        unsupported = [k for k in self.expert_inputs if k != STATE]
+        if unsupported:
+            raise ValueError(f"this policy's expert reads {unsupported}; the server passes only {STATE!r} besides "
+                             "the cameras and the task")
 
     def parse(self, raw, state_dim: int | None = None) -> Observation:
         """state_dim: the expected state length when the server was not told one (e.g. the
@@ -105,6 +111,9 @@ class ObservationSpec:
         if missing:
             raise RequestError("missing_camera", f"observation lacks cameras {missing}; "
                                                  f"this policy takes {self.image_keys}")
+        if self.expert_inputs and obs.get(STATE) is None:
+            raise RequestError("missing_key", f"observation lacks {STATE!r}: this policy's action expert reads it "
+                                              f"(trained with --expert-inputs {','.join(self.expert_inputs)})")
         images = {k: self._image(k, obs[k]) for k in self.image_keys}
         if self.equal_heights and len({im.shape[0] for im in images.values()}) > 1:
             raise RequestError("bad_image", "cameras are tiled side by side, so they need equal heights; got "

@@ -23,13 +23,17 @@ import torch
 from torch import nn
 
 from vla0.config import PolicyConfig
-from vla0.data.lerobot_dataset import camera_name
+from vla0.data.lerobot_dataset import LeRobotData, camera_name, load_lerobot, vector_features
+from vla0.data.stats import vector_stats
 from vla0.model.vlm import check_model_folder
-from vla0.policy.flow_head import (ActionNormalizer, FlowExpert, FlowExpertConfig, expert_config_for, flow_loss,
+from vla0.policy.flow_head import (ActionNormalizer, Conditioning, FlowExpert, FlowExpertConfig, expert_config_for, flow_loss,
                                    load_expert, sample_time, save_expert, vlm_states)
 from vla0.policy.policy import load_policy_vlm, resolve_policy_dir
 from vla0.processor import ActionProcessor
 from vla0.prompt import Encoded, collate
+
+
+INPUT_PREFIX = "expert_input:"  # batch keys of the expert's extra inputs
 
 
 def parse_layers(text: str) -> list[int]:
@@ -63,6 +67,13 @@ def check_stage2(cfg, info: dict) -> tuple[Path, PolicyConfig, FlowExpertConfig]
     missing = [c for c in source.cameras if c not in names]
     if missing:
         raise ValueError(f"dataset {cfg.dataset} lacks the stage-1 policy's camera(s) {missing}")
+    vectors = [k for k in vector_features(info) if k != cfg.action_key]
+    unknown = [k for k in cfg.expert_inputs if k not in vectors]
+    if unknown:
+        raise ValueError(f"--expert-inputs: dataset {cfg.dataset} has no vector feature {unknown}; its vector "
+                         f"features are {vectors or 'none (besides action)'}")
+    if cfg.expert_inputs and len(set(cfg.expert_inputs)) != len(cfg.expert_inputs):
+        raise ValueError(f"--expert-inputs names a feature twice: {cfg.expert_inputs}")
     action_dim = int(features[cfg.action_key]["shape"][0])
     if action_dim != source.action_dim:
         raise ValueError(f"dataset {cfg.dataset} has {action_dim}-dim actions, the stage-1 policy {source.action_dim}")
@@ -71,6 +82,18 @@ def check_stage2(cfg, info: dict) -> tuple[Path, PolicyConfig, FlowExpertConfig]
     expert = expert_config_for(AutoConfig.from_pretrained(shape_from), cfg.expert_width, cfg.expert_depth,
                                cfg.expert_heads, parse_layers(cfg.expert_layers), cfg.flow_steps)
     return folder, source, expert
+
+
+def input_specs(data: LeRobotData, keys: list[str]) -> dict[str, dict]:
+    """{key: {dim, mean, std}} for the expert's extra inputs, from the dataset's statistics (or
+    computed from its frames when stats.json lacks the feature)."""
+    specs = {}
+    for k in keys:
+        values = data.state if k == "observation.state" else data.extra[k]
+        stats = data.stats.get(k) or vector_stats(values)
+        specs[k] = {"dim": int(values.shape[1]), "mean": np.asarray(stats["mean"], np.float64).reshape(-1).tolist(),
+                    "std": np.asarray(stats["std"], np.float64).reshape(-1).tolist()}
+    return specs
 
 
 def stage1_files(folder: Path) -> dict[str, list[int]]:
@@ -93,8 +116,9 @@ class FlowTraining(nn.Module):
 
     def forward(self, actions, noise, time, **prompt) -> SimpleNamespace:
         states, pad = vlm_states(self.vlm, prompt, self.expert.cfg.vlm_layers)  # once per observation, no grad
-        states = [s.float() for s in states]
-        return SimpleNamespace(loss=flow_loss(lambda x_t, t: self.expert(x_t, t, states, pad), actions, noise, time))
+        cond = Conditioning([s.float() for s in states], pad, self.expert.input_tokens(
+            {k[len(INPUT_PREFIX):]: v for k, v in prompt.items() if k.startswith(INPUT_PREFIX)}))
+        return SimpleNamespace(loss=flow_loss(cond.velocity(self.expert), actions, noise, time))
 
     def save_pretrained(self, folder: Path, with_vlm: bool = True) -> None:
         """The whole (merged, LoRA-free) VLM and the expert: a folder that loads on its own. A
@@ -108,8 +132,11 @@ class FlowTraining(nn.Module):
 class Stage2:
     """What the trainer needs for a flow head: policy config, model, and batches."""
 
-    def __init__(self, cfg, info: dict, resume_from: Path | None):
+    def __init__(self, cfg, info: dict, resume_from: Path | None, root: Path):
         folder, source, expert_cfg = check_stage2(cfg, info)
+        self.data = load_lerobot(root, cameras=source.cameras, decode=False, action_key=cfg.action_key,
+                                 state_key=cfg.state_key)
+        expert_cfg = dataclasses.replace(expert_cfg, inputs=input_specs(self.data, list(cfg.expert_inputs)))
         files = stage1_files(folder)
         if resume_from:  # checkpoints hold the expert only: the VLM must still be the one they trained on
             before = PolicyConfig.load(resume_from).training.get("stage1_files")
@@ -130,16 +157,20 @@ class Stage2:
         self.processor = ActionProcessor(self.policy_config, self.vlm.tokenizer, self.vlm.image_processor)
         self.normalizer = ActionNormalizer(self.policy_config)
 
-    def example(self, sample, rng: np.random.Generator) -> tuple[Encoded, np.ndarray, np.ndarray, np.float32]:
-        """The prompt (with stage 1's image augmentation), normalised actions, noise and flow time:
-        all drawn from rng, so the batch is a pure function of (seed, step) like text training's."""
+    def example(self, sample, rng: np.random.Generator) -> tuple[Encoded, np.ndarray, np.ndarray, np.float32, dict]:
+        """The prompt (with stage 1's image augmentation), normalised actions, noise and flow time,
+        and the expert's extra inputs (raw: the expert normalises them): all drawn from rng, so the
+        batch is a pure function of (seed, step) like text training's."""
         prompt = self.processor.encoder.prompt(sample.frames, sample.task, rng)
         actions = self.normalizer.normalize(sample.actions)
-        return prompt, actions, rng.standard_normal(actions.shape).astype(np.float32), sample_time(rng, 1)[0]
+        return (prompt, actions, rng.standard_normal(actions.shape).astype(np.float32), sample_time(rng, 1)[0],
+                sample.vectors)
 
     def collate(self, examples: list) -> dict[str, torch.Tensor]:
         batch = collate([e[0] for e in examples], self.processor.pad_id, padding_side="right")
         batch["actions"] = torch.from_numpy(np.stack([e[1] for e in examples]))
         batch["noise"] = torch.from_numpy(np.stack([e[2] for e in examples]))
         batch["time"] = torch.tensor([e[3] for e in examples])
+        for k in examples[0][4]:
+            batch[INPUT_PREFIX + k] = torch.from_numpy(np.stack([e[4][k] for e in examples]).astype(np.float32))
         return batch

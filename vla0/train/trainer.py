@@ -120,6 +120,9 @@ class TrainConfig:
     expert_layers: str = option("-1", "VLM hidden states the expert reads, e.g. -1 or =4,8,-1 (interleaved over "
                                       "the blocks)", group="stage 2 (--head flow)")
     flow_steps: int = option(10, "Euler steps at inference", group="stage 2 (--head flow)")
+    expert_inputs: list[str] = option(help="vector features the expert reads besides the VLM, e.g. observation.state "
+                                      "(each its own encoder, normalised with the dataset's mean and std; the VLM "
+                                      "and its prompt unchanged)", group="stage 2 (--head flow)", default_factory=list)
     quantize: str = option("none", "QLoRA: LoRA on base weights frozen in 4-bit NF4 (or int8) by bitsandbytes; "
                            "the adapters also load on the unquantized base", choices=("none", *BNB_MODES),
                            group="optimiser")
@@ -226,10 +229,9 @@ class Trainer:
         self.stage2 = None
         if cfg.head == "flow":  # the stage-1 policy fixes the action format, cameras and images
             from vla0.train.stage2 import Stage2
-            self.stage2 = Stage2(cfg, info, resume_from)
+            self.stage2 = Stage2(cfg, info, resume_from, root)
             self.policy_config, self.vlm, model = self.stage2.policy_config, self.stage2.vlm, self.stage2.model
-            data = load_lerobot(root, cameras=self.policy_config.cameras, decode=False, action_key=cfg.action_key,
-                                state_key=cfg.state_key)
+            data = self.stage2.data
             check_videos(data)
         else:
             data, model = self._text_model(cfg, root, info, resume_from)
@@ -243,7 +245,8 @@ class Trainer:
                 cache_files(cfg.progress)
             self.acc.wait_for_everyone()
             cache = cache_files()
-        self.dataset = ChunkDataset(data, pc.image_keys, pc.chunk_size, FrameSource(data, cache))
+        self.dataset = ChunkDataset(data, pc.image_keys, pc.chunk_size, FrameSource(data, cache),
+                                    vector_keys=list(cfg.expert_inputs) if self.stage2 else [])
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         self.processor = ActionProcessor(pc, self.vlm.tokenizer, self.vlm.image_processor)
