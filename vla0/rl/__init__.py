@@ -15,7 +15,7 @@ _EXPORTS = {
     "RolloutWorker": "vla0.rl.rollout",
     "Trajectory": "vla0.rl.rollout",
     "Learner": "vla0.rl.learner",
-    "RLConfig": "vla0.rl.trainer",
+    "RLConfig": "vla0.rl.config",
     "RLTrainer": "vla0.rl.trainer",
     "train_rl": "vla0.rl.trainer",
 }

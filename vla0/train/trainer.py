@@ -4,10 +4,9 @@ OpenVLA's action tokens (--action-format bins).
 One batch, from disk to loss: LeRobot frames, read when drawn (ChunkDataset over a FrameSource:
 videos, a memory-mapped frame cache, or memory) -> ActionProcessor.training_example (action
 tokens, crop, jitter, tile, masked augmentation, labels) -> collate, all in DataLoader workers
-(vla0.train.loader) -> VLM cross-entropy. Runs on one process or under torchrun / accelerate
-launch (each rank takes its slice of every global batch). The data order is a pure function of
-(seed, step), so --resume continues exactly. `--head flow --from RUN_DIR` runs stage 2 in the
-same loop: the stage-1 VLM frozen, only a flow-matching action expert trained (vla0.train.stage2).
+(vla0.train.loader) -> VLM cross-entropy. One process or torchrun / accelerate launch (each rank
+its slice of every global batch). The data order is a pure function of (seed, step), so --resume
+continues exactly. `--head flow --from RUN_DIR`: stage 2 in the same loop (vla0.train.stage2).
 """
 
 from __future__ import annotations
@@ -120,12 +119,10 @@ class TrainConfig:
     expert_layers: str = option("-1", "VLM hidden states the expert reads, e.g. -1 or =4,8,-1 (interleaved over "
                                       "the blocks)", group="stage 2 (--head flow)")
     flow_steps: int = option(10, "Euler steps at inference", group="stage 2 (--head flow)")
-    expert_inputs: list[str] = option(help="vector features the expert reads besides the VLM, e.g. observation.state "
-                                      "(each its own encoder, normalised with the dataset's mean and std; the VLM "
-                                      "and its prompt unchanged)", group="stage 2 (--head flow)", default_factory=list)
-    quantize: str = option("none", "QLoRA: LoRA on base weights frozen in 4-bit NF4 (or int8) by bitsandbytes; "
-                           "the adapters also load on the unquantized base", choices=("none", *BNB_MODES),
-                           group="optimiser")
+    expert_inputs: list[str] = option(help="vector features the expert reads besides the VLM (observation.state, ...), "
+                                      "each its own encoder", group="stage 2 (--head flow)", default_factory=list)
+    quantize: str = option("none", "QLoRA: LoRA on base weights frozen in 4-bit NF4 (or int8) by bitsandbytes; the "
+                           "adapters also load on the unquantized base", choices=("none", *BNB_MODES), group="optimiser")
     lora_scope: str = option("language", "LoRA on the language model's layers only, or on every matching module "
                              "(the vision tower's MLPs share names such as gate_proj)", choices=LORA_SCOPES,
                              group="optimiser")
