@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla0.envs import base
 from vla0.envs.base import EnvFamily, EnvSpec, register
 
 NAME = "faulty"
@@ -68,3 +69,8 @@ class FaultyEnv:
 
 def use_faulty_env() -> None:
     register(NAME, "faulty_env:FaultyFamily")
+
+
+def forget_faulty_env() -> None:
+    base._REGISTRY.pop(NAME, None)
+    base._LOADED.pop(NAME, None)

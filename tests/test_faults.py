@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from faulty_env import NAME, use_faulty_env
+from faulty_env import NAME, forget_faulty_env, use_faulty_env
 from vla0.envs.base import get_env
 from vla0.envs.pool import EnvCrash, EnvPool
 from vla0.envs.runner import EnvExpert, EpisodeJob, EpisodeRunner
@@ -19,7 +19,8 @@ from vla0.rl.trainer import RLConfig, RLTrainer
 @pytest.fixture()
 def faulty(tmp_path):
     use_faulty_env()
-    return lambda **opts: get_env(NAME).spec("reach-v3", (), (16, 16), marker=str(tmp_path / "crashed"), **opts)
+    yield lambda **opts: get_env(NAME).spec("reach-v3", (), (16, 16), marker=str(tmp_path / "crashed"), **opts)
+    forget_faulty_env()  # the registry is global: other tests list the registered envs
 
 
 def test_env_worker_crash_restarts_worker_and_retries_episode(faulty, tmp_path):
