@@ -50,6 +50,11 @@ class _History:
     stall_steps: int = 0
 
 
+def _covers(h: _History) -> bool:
+    """Whether a stored chunk has a row for the env's current step."""
+    return any(h.step - s < len(c) for s, c in h.chunks)
+
+
 ENSEMBLE_WEIGHTS = ("exponential", "vla0")
 EXECUTION_MODES = ("sync", "async", "async-ensemble", "rtc")
 
@@ -112,9 +117,8 @@ class ChunkExecutor:
             self._arrive(h)
             if h.in_flight:
                 return False
-            covered = any(h.step - s < len(c) for s, c in h.chunks)
-            return not covered or h.launched is None or h.step - h.launched >= self.interval
-        if h is None or not any(h.step - s < len(c) for s, c in h.chunks):
+            return not _covers(h) or h.launched is None or h.step - h.launched >= self.interval
+        if h is None or not _covers(h):
             return True
         return self.n_action_steps is not None and self.steps_since_chunk(env_id) >= self.n_action_steps
 
@@ -177,7 +181,7 @@ class ChunkExecutor:
             return False
         if self.mode != "sync":
             self._arrive(h)
-        return any(h.step - s < len(c) for s, c in h.chunks)
+        return _covers(h)
 
     def set_latency(self, latency_steps: int) -> None:
         """A real asynchronous loop's measured latency, in control steps (asynchronous modes)."""
@@ -241,7 +245,8 @@ class ChunkExecutor:
             ids = [env_ids[j] for j in stale]
             rtc = {}
             if self.mode == "rtc":  # what the robot is committed to while this request is in flight
-                rtc = {"prefix": [self.plan(e) for e in ids], "committed_steps": [self.committed_steps(e) for e in ids]}
+                plans = [self.plan(e) for e in ids]
+                rtc = {"prefix": plans, "committed_steps": [min(self.latency, len(p)) for p in plans]}
             chunks = predict(select_rows(obs, stale), ids, **rtc)
             for j, chunk in zip(stale, chunks):
                 self.add(env_ids[j], chunk)
