@@ -155,3 +155,42 @@ def test_ray_option_and_the_message_without_ray(tmp_path, monkeypatch, capsys):
                                     str(tmp_path / "rl"), "--iterations", "1", "--ray", "auto"]):
         assert main(argv) == 2
         assert "pip install 'vla0[ray]'" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def faulty_env(tmp_path):
+    from faulty_env import NAME, forget_faulty_env, use_faulty_env
+    use_faulty_env()
+    yield NAME, str(tmp_path / "crashed")
+    forget_faulty_env()  # the registry is global: other tests list the registered envs
+
+
+def test_env_actor_that_dies_is_started_again_and_its_episodes_restart(local_ray, faulty_env):
+    """The fault-injecting env's actor process exits mid-episode (as a segfault would): the pool
+    starts a new actor, the runner plays those episodes again from their seeds."""
+    from vla0.envs.runner import EnvExpert
+    name, marker = faulty_env
+    spec = get_env(name).spec("reach-v3", (), (16, 16), marker=marker)
+    with RayEnvPool(1) as pool:
+        runner = EpisodeRunner(pool, batch=2, action_dim=4)
+        results = runner.run([EpisodeJob(spec, s) for s in (10, 11, 12)], EnvExpert())
+        assert os.path.exists(marker) and pool.restarts == 1 and runner.retries == 2
+        assert [(r.job.seed, r.success, r.steps) for r in results] == [(10, True, 3), (11, True, 3), (12, True, 3)]
+
+
+def test_rollout_actor_that_dies_is_started_again(local_ray, metaworld_policy_dir, faulty_env):
+    """A rollout actor's envs live in its own process: when the env kills it mid-group, a new
+    actor plays that share of the groups again."""
+    from vla0.rl.ray_rollout import RayRolloutWorkers
+    from vla0.rl.rollout import RolloutSettings
+    name, marker = faulty_env
+    settings = RolloutSettings(temperature=1.0, n_action_steps=1, batch_envs=2, env=name,
+                               env_options={"marker": marker, "crash_at": 2, "success_at": 3})
+    workers = RayRolloutWorkers(metaworld_policy_dir, settings, num_actors=1)
+    try:
+        trajs = workers.run([RolloutJob(0, "reach-v3", 7, 2)], torch.Generator().manual_seed(0))
+    finally:
+        workers.close()
+    assert os.path.exists(marker) and workers.stats["actor_restarts"] == 1
+    assert [(t.group, t.index, t.success, t.length, len(t.steps)) for t in trajs] == [(0, 0, True, 3, 3),
+                                                                                   (0, 1, True, 3, 3)]

@@ -25,7 +25,10 @@ from vla0.envs.gl import ensure_gl
 class _Slots:
     """The envs of one worker (or of the in-process pool), by slot id."""
 
-    def __init__(self):
+    def __init__(self, registry: dict | None = None):
+        if registry:  # adapters registered at run time (vla0.envs.base.register) exist here too
+            from vla0.envs import base
+            base._REGISTRY.update(registry)
         self.envs = {}
 
     def reset(self, jobs):
@@ -51,6 +54,12 @@ class _Slots:
         self.envs.clear()
 
 
+def registry() -> dict:
+    """The env adapters registered in this process, for a worker to register too."""
+    from vla0.envs.base import _REGISTRY
+    return dict(_REGISTRY)
+
+
 class EnvCrash:
     """The result of a job whose env worker process died: the episode in that slot is lost (the
     worker was restarted with no envs) and must be started again from its seed."""
@@ -64,11 +73,8 @@ class EnvCrash:
 
 def _worker(conn, registry=None):
     os.environ["OMP_NUM_THREADS"] = "1"
-    if registry:  # adapters registered at run time (vla0.envs.base.register) exist here too
-        from vla0.envs import base
-        base._REGISTRY.update(registry)
     try:
-        slots = _Slots()
+        slots = _Slots(registry)
     except Exception:
         conn.send(("error", traceback.format_exc()))
         return
@@ -109,13 +115,12 @@ class EnvPool:
             self._recv(w)
 
     def _start(self, w: int) -> None:
-        from vla0.envs.base import _REGISTRY
         ctx = mp.get_context("spawn")
         old = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # children read it at startup, before numpy loads
         try:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, dict(_REGISTRY)), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, registry()), daemon=True)
             proc.start()
             child.close()
         finally:
@@ -129,16 +134,19 @@ class EnvPool:
         """Worker w died: start a fresh one (no envs), mark its slots lost."""
         proc = self._procs[w]
         proc.join(timeout=5)
-        crash = EnvCrash(w, proc.exitcode)
         try:
             self._conns[w].close()
         except OSError:
             pass
         self._start(w)
         self._recv(w)
+        return self._lose(w, proc.exitcode)
+
+    def _lose(self, w: int, exitcode) -> EnvCrash:
+        """Worker w was started again: its slots' envs are gone until their next reset."""
         self.restarts += 1
         self._lost |= {s for s in self.specs if s % self.num_workers == w}
-        return crash
+        return EnvCrash(w, exitcode)
 
     def _recv(self, w: int):
         try:
@@ -149,12 +157,9 @@ class EnvPool:
             raise RuntimeError(f"env worker {w} failed:\n{payload}")
         return payload
 
-    def _run(self, cmd: str, jobs: list, slot_of) -> list:
-        """Send each worker its share of jobs, gather replies in job order. A job on a lost slot
-        (other than a reset), or on a worker that dies now, gets an EnvCrash."""
-        if self._local is not None:
-            return getattr(self._local, cmd)(jobs)
-        out = [None] * len(jobs)
+    def _shares(self, cmd: str, jobs: list, slot_of, out: list) -> dict[int, list]:
+        """Each worker's share of the jobs, as (job index, job); a job on a lost slot (other than a
+        reset) gets an EnvCrash in `out` instead."""
         shares: dict[int, list] = {}
         for i, job in enumerate(jobs):
             slot = slot_of(job)
@@ -163,8 +168,16 @@ class EnvPool:
                 continue
             self._lost.discard(slot)
             shares.setdefault(slot % self.num_workers, []).append((i, job))
+        return shares
+
+    def _run(self, cmd: str, jobs: list, slot_of) -> list:
+        """Send each worker its share of jobs, gather replies in job order. A job on a lost slot
+        (other than a reset), or on a worker that dies now, gets an EnvCrash."""
+        if self._local is not None:
+            return getattr(self._local, cmd)(jobs)
+        out = [None] * len(jobs)
         sent = {}
-        for w, share in shares.items():
+        for w, share in self._shares(cmd, jobs, slot_of, out).items():
             try:
                 self._conns[w].send((cmd, [job for _, job in share]))
                 sent[w] = share

@@ -5,7 +5,9 @@ EnvPool, and each actor keeps its slots' envs with the same code as a worker pro
 (vla0.envs.pool._Slots). Only the transport differs: Ray method calls instead of pipes, so the
 actors may sit on any node of the cluster. The policy stays in the driver (or in an actor of its
 own, vla0.eval.ray_policy) and batches the slots' observations as with the local pool, so the same
-seeds give the same episodes.
+seeds give the same episodes. An actor that dies (a simulator segfault kills its process) is
+started again, as a dead worker process is: its jobs come back as EnvCrash and the runner restarts
+those episodes.
 
 Ray is an optional dependency: `pip install 'vla0[ray]'`. Every node needs vla0 installed (the
 actors import it) and, to render, the EGL or OSMesa libraries (see vla0.envs.gl).
@@ -17,7 +19,7 @@ import argparse
 import os
 
 from vla0.envs.gl import ensure_gl
-from vla0.envs.pool import EnvPool, _Slots
+from vla0.envs.pool import EnvPool, _Slots, registry
 
 RAY_INSTALL = "pip install 'vla0[ray]'  (or: pip install ray==2.60.0)"
 START_TIMEOUT_S = 300.0  # actors the cluster cannot place are reported, not waited for forever
@@ -70,10 +72,10 @@ def start_actors(ray, cls, n: int, num_cpus: float, *args, num_gpus: float = 0,
 class _SlotsActor(_Slots):
     """One actor's envs: a worker process's loop body, called over Ray instead of a pipe."""
 
-    def __init__(self):
+    def __init__(self, registry: dict | None = None):
         os.environ["OMP_NUM_THREADS"] = "1"
         ensure_gl()  # this node's offscreen GL, chosen before anything imports MuJoCo
-        super().__init__()
+        super().__init__(registry)
 
     def ready(self) -> bool:
         return True
@@ -89,19 +91,25 @@ class RayEnvPool(EnvPool):
         # EnvPool's own state, without its worker processes: the actors replace them
         self.num_workers = num_actors
         self.specs: dict[int, object] = {}
+        self.restarts, self._lost = 0, set()
         self._local, self._conns, self._procs = None, [], []
-        self._actors = start_actors(self._ray, _SlotsActor, num_actors, num_cpus)
+        self._num_cpus = num_cpus
+        self._actors = start_actors(self._ray, _SlotsActor, num_actors, num_cpus, registry())
 
     def _run(self, cmd: str, jobs: list, slot_of) -> list:
-        """Each actor its share of the jobs, all at once; replies in job order."""
-        shares: dict[int, list] = {}
-        for i, job in enumerate(jobs):
-            shares.setdefault(slot_of(job) % self.num_workers, []).append((i, job))
-        calls = {w: getattr(self._actors[w], cmd).remote([job for _, job in share]) for w, share in shares.items()}
-        replies = dict(zip(calls, self._ray.get(list(calls.values()))))
+        """Each actor its share of the jobs, all at once; replies in job order. A job on a lost
+        slot, or on an actor that dies now, gets an EnvCrash (the actor is started again)."""
         out = [None] * len(jobs)
+        shares = self._shares(cmd, jobs, slot_of, out)
+        calls = {w: getattr(self._actors[w], cmd).remote([job for _, job in share]) for w, share in shares.items()}
         for w, share in shares.items():
-            for (i, _), res in zip(share, replies[w]):
+            try:
+                replies = self._ray.get(calls[w])
+            except self._ray.exceptions.RayActorError:
+                self._ray.kill(self._actors[w])
+                self._actors[w] = start_actors(self._ray, _SlotsActor, 1, self._num_cpus, registry())[0]
+                replies = [self._lose(w, None)] * len(share)
+            for (i, _), res in zip(share, replies):
                 out[i] = res
         return out
 

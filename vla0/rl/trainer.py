@@ -252,6 +252,9 @@ class RLTrainer:
                "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, "weights_seconds": weights_seconds,
                "model_seconds": self.worker.stats["model_seconds"], "env_seconds": self.worker.stats["env_seconds"]}
         row["episode_retries"] = self.worker.stats.get("episode_retries", 0)  # env worker crashes survived
+        if "actor_restarts" in self.worker.stats:  # Ray rollout actors that died and played their share again
+            row["actor_restarts"] = self.worker.stats["actor_restarts"]
+            self.worker.stats["actor_restarts"] = 0
         self.worker.stats.update(model_seconds=0.0, env_seconds=0.0, episode_retries=0)
         if not trajs:
             row["skipped_update"] = "no group with mixed outcomes within the attempt cap"
