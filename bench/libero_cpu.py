@@ -46,6 +46,13 @@ CAMERAS = ["image", "image2"]
 RESULTS = Path(__file__).parent / "results"
 
 
+def require_expert(result: dict, min_expert: float) -> None:
+    """Stop before anything is trained when the scripted expert cannot solve a chosen task."""
+    weak = [t for t, r in result["tasks"].items() if r["success_rate"] < min_expert]
+    if weak:
+        raise SystemExit(f"the expert solves {weak} less than {min_expert:.0%} of the time: choose other tasks")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="0,1,2", help="LIBERO-Object task ids")
@@ -77,9 +84,7 @@ def main() -> None:
 
     results = {"expert": timed("eval-expert", lambda: evaluate(
         ExpertPolicy(), tasks, args.trials, out=out / "eval" / "expert", **{**ev, "cameras": ()}, videos=0))}
-    weak = [t for t, r in results["expert"]["tasks"].items() if r["success_rate"] < args.min_expert]
-    if weak:
-        raise SystemExit(f"the expert solves {weak} less than {args.min_expert:.0%} of the time: choose other tasks")
+    require_expert(results["expert"], args.min_expert)
 
     data, model, run = out / "data", out / "model", out / "run"
     if not (data / "meta" / "info.json").exists():

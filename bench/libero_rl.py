@@ -37,7 +37,8 @@ import shutil
 import time
 from pathlib import Path
 
-from libero_rollouts import machine, save_report  # noqa: I001 (bench/, on the path when run as a script)
+from libero_cpu import require_expert  # noqa: I001 (bench/, on the path when run as a script)
+from libero_rollouts import machine, save_report
 from vla0.envs import get_env
 from vla0.envs.collect import collect
 from vla0.eval.baselines import ExpertPolicy, RandomPolicy
@@ -128,9 +129,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     expert = timed("eval_expert", lambda: evaluate(ExpertPolicy(), tasks, args.baseline_trials, seed=0,
                                                    out=work / "eval" / "expert", **{**ev, "cameras": ()}))
-    weak = [t for t, r in expert["tasks"].items() if r["success_rate"] < args.min_expert]
-    if weak:
-        raise SystemExit(f"the expert solves {weak} less than {args.min_expert:.0%} of the time: choose other tasks")
+    require_expert(expert, args.min_expert)
 
     data, model, sft = work / "data", work / "model", work / "sft"
     if not (data / "meta" / "info.json").exists():
